@@ -1,0 +1,329 @@
+"""BlazeClient (asyncio) and SyncBlazeClient (blocking): call models by name with keywords.
+
+Given `registry=app.registry` a client builds its messages locally; without one it asks the
+server's reflection service for the schema on first use, so it never imports server code.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from .codec import Codec
+from .exceptions import (
+    BlazeRPCError,
+    InferenceError,
+    ModelNotFoundError,
+    ValidationError,
+)
+from .runtime.registry import ModelRegistry, rpc_name
+from .schema import FILE_NAME, SERVICE_FULL_NAME, Schema, build_schema, fields_of, load_schema
+
+Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
+
+_REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+_MAX_MESSAGE = 64 * 1024 * 1024
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+]
+
+
+@dataclass(frozen=True)
+class _Method:
+    """What a client needs to call one model: its path, codecs and whether it streams."""
+
+    path: str
+    streaming: bool
+    request: Codec
+    response: Codec
+
+    def encode(self, model: str, inputs: dict[str, Any]) -> bytes:
+        known = {f.name for f in self.request.fields}
+        unknown = inputs.keys() - known
+        if unknown:
+            raise ValidationError(
+                f"model '{model}' has no input {', '.join(map(repr, sorted(unknown)))}; "
+                f"its inputs are {', '.join(sorted(known)) or 'none'}"
+            )
+        return self.request.encode(inputs).SerializeToString()
+
+    def decode(self, data: bytes) -> Any:
+        return self.response.decode(self.response.cls.FromString(data))["result"]
+
+
+def _methods(schema: Schema) -> dict[str, _Method]:
+    service = schema.file.services_by_name["InferenceService"]
+    methods = {}
+    for m in service.methods:
+        request = schema.message_class(m.input_type.name)
+        response = schema.message_class(m.output_type.name)
+        memo: dict[str, Any] = {}
+        methods[m.name] = _Method(
+            f"/{SERVICE_FULL_NAME}/{m.name}",
+            m.server_streaming,
+            Codec(request, fields_of(m.input_type, memo)),
+            Codec(response, fields_of(m.output_type, memo)),
+        )
+    return methods
+
+
+def _registry_methods(registry: ModelRegistry) -> dict[str, _Method]:
+    """Use the registry's own specs, so dataclass results come back as the user's classes."""
+    schema = build_schema(registry.list_models())
+    methods = {}
+    for entry in registry:
+        methods[f"Predict{entry.rpc}"] = _Method(
+            entry.method,
+            entry.streaming,
+            Codec(schema.request_class(entry.rpc), entry.signature.params),
+            Codec(schema.response_class(entry.rpc), (entry.signature.result,)),
+        )
+    return methods
+
+
+def _reflection_request() -> bytes:
+    return reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol=SERVICE_FULL_NAME
+    ).SerializeToString()
+
+
+def _schema_from_reflection(responses: list[bytes]) -> dict[str, _Method]:
+    for data in responses:
+        response = reflection_pb2.ServerReflectionResponse.FromString(data)
+        if response.HasField("error_response"):
+            raise BlazeRPCError(
+                "server reflection could not describe the InferenceService: "
+                + response.error_response.error_message
+            )
+        for raw in response.file_descriptor_response.file_descriptor_proto:
+            fdp = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            if fdp.name == FILE_NAME:
+                return _methods(load_schema(fdp))
+    raise BlazeRPCError("server reflection did not return the BlazeRPC schema")
+
+
+_ERRORS: dict[grpc.StatusCode, type[BlazeRPCError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: ValidationError,
+    grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
+    grpc.StatusCode.UNIMPLEMENTED: ModelNotFoundError,
+    grpc.StatusCode.INTERNAL: InferenceError,
+}
+
+
+def _error(exc: grpc.RpcError) -> BlazeRPCError:
+    """The library exception for a failed call, carrying its gRPC `code` and `details`."""
+    code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+    error = _ERRORS.get(code, BlazeRPCError)(details)
+    error.code = code
+    return error
+
+
+class _Options:
+    """Per-call settings kept apart from model inputs, so no parameter name can collide."""
+
+    timeout: float | None
+    metadata: list[tuple[str, str]] | None
+
+    def _set_options(self, timeout: float | None, metadata: Metadata | None) -> None:
+        self.timeout = timeout
+        if metadata is None:
+            self.metadata = None
+        else:
+            items = metadata.items() if isinstance(metadata, Mapping) else metadata
+            self.metadata = [(k.lower(), v) for k, v in items]
+
+    def with_options(
+        self, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> Any:
+        """A view of this client (same connection) whose calls use this deadline and metadata."""
+        view = copy.copy(self)
+        view._set_options(timeout, metadata)
+        return view
+
+    def _model(self, methods: dict[str, _Method], model: str) -> _Method:
+        method = methods.get(f"Predict{rpc_name(model)}")
+        if method is None:
+            raise ModelNotFoundError(
+                f"the server has no model '{model}'; it serves "
+                + (", ".join(sorted(m.removeprefix("Predict") for m in methods)) or "none")
+            )
+        return method
+
+
+class BlazeClient(_Options):
+    """Async client: `async with BlazeClient(host, port) as c: await c.predict("echo", ...)`."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        registry: ModelRegistry | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> None:
+        self.target = f"{host}:{port}"
+        self._set_options(timeout, metadata)
+        self._channel: grpc.aio.Channel | None = None
+        self._shared: dict[str, dict[str, _Method]] = {}
+        if registry is not None:
+            self._shared["methods"] = _registry_methods(registry)
+
+    async def __aenter__(self) -> BlazeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def _get_channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        return self._channel
+
+    async def _method(self, model: str) -> _Method:
+        methods = self._shared.get("methods")
+        if methods is None:
+            call = self._get_channel().stream_stream(_REFLECTION_METHOD)(
+                iter([_reflection_request()]), timeout=self.timeout, metadata=self.metadata
+            )
+            try:
+                methods = _schema_from_reflection([r async for r in call])
+            except grpc.RpcError as exc:
+                raise _error(exc) from None
+            self._shared["methods"] = methods
+        return self._model(methods, model)
+
+    async def predict(self, model: str, /, **inputs: Any) -> Any:
+        """Call a unary model and return its result."""
+        method = await self._method(model)
+        call = self._get_channel().unary_unary(method.path)
+        try:
+            data = await call(
+                method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        return method.decode(data)
+
+    def stream(self, model: str, /, **inputs: Any) -> AsyncIterator[Any]:
+        """Iterate a streaming model's chunks as they arrive; leaving the loop cancels the call."""
+        return _Stream(self, model, inputs)
+
+
+class _Stream:
+    """An async iterator over one streaming call that cancels the call when dropped."""
+
+    def __init__(self, client: BlazeClient, model: str, inputs: dict[str, Any]) -> None:
+        self._client, self._model, self._inputs = client, model, inputs
+        self._call: Any = None
+        self._method: _Method | None = None
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._call is None:
+            client = self._client
+            self._method = await client._method(self._model)
+            self._call = client._get_channel().unary_stream(self._method.path)(
+                self._method.encode(self._model, self._inputs),
+                timeout=client.timeout,
+                metadata=client.metadata,
+            )
+        try:
+            data = await self._call.read()
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        if data is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return self._method.decode(data)  # type: ignore[union-attr]
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    def __del__(self) -> None:
+        self.cancel()
+
+
+class SyncBlazeClient(_Options):
+    """Blocking client for scripts and notebooks; same calls as BlazeClient, without await."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        registry: ModelRegistry | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> None:
+        self.target = f"{host}:{port}"
+        self._set_options(timeout, metadata)
+        self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._shared: dict[str, dict[str, _Method]] = {}
+        if registry is not None:
+            self._shared["methods"] = _registry_methods(registry)
+
+    def __enter__(self) -> SyncBlazeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _method(self, model: str) -> _Method:
+        methods = self._shared.get("methods")
+        if methods is None:
+            call = self._channel.stream_stream(_REFLECTION_METHOD)
+            try:
+                methods = _schema_from_reflection(
+                    list(
+                        call(
+                            iter([_reflection_request()]),
+                            timeout=self.timeout,
+                            metadata=self.metadata,
+                        )
+                    )
+                )
+            except grpc.RpcError as exc:
+                raise _error(exc) from None
+            self._shared["methods"] = methods
+        return self._model(methods, model)
+
+    def predict(self, model: str, /, **inputs: Any) -> Any:
+        method = self._method(model)
+        try:
+            data = self._channel.unary_unary(method.path)(
+                method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        return method.decode(data)
+
+    def stream(self, model: str, /, **inputs: Any) -> Iterator[Any]:
+        method = self._method(model)
+        call = self._channel.unary_stream(method.path)(
+            method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
+        )
+        try:
+            for data in call:
+                yield method.decode(data)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        finally:
+            call.cancel()

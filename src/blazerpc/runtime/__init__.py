@@ -1,0 +1,1 @@
+"""Where model calls run: the registry, the executor that bridges sync and async, the batcher."""

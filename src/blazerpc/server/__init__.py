@@ -1,0 +1,1 @@
+"""The grpcio asyncio server: model handlers, health, reflection, lifecycle."""

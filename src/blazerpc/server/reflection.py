@@ -1,0 +1,25 @@
+"""Server reflection over the schema's own descriptor pool, so grpcurl sees the real types."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from ..schema import SERVICE_FULL_NAME, Schema
+from .health import SERVICE_NAME as HEALTH_SERVICE
+
+
+def enable_reflection(server: grpc.aio.Server, schema: Schema) -> None:
+    """Serve reflection for the InferenceService, health and reflection itself."""
+    for module in (health_pb2, reflection_pb2):
+        fdp = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(fdp)
+        try:
+            schema.pool.FindFileByName(fdp.name)
+        except KeyError:
+            schema.pool.Add(fdp)
+    reflection.enable_server_reflection(
+        (SERVICE_FULL_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server, pool=schema.pool
+    )
