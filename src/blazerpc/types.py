@@ -234,6 +234,15 @@ _STREAM_ORIGINS = (
 )
 
 
+def _batch_item(annotation: Any, where: str) -> Any:
+    if typing.get_origin(annotation) is not list or not typing.get_args(annotation):
+        raise ConfigurationError(
+            f"{where}: a batched=True model receives one list per parameter and returns a list; "
+            f"annotate it as list[T] (T is what one request carries), got {annotation!r}"
+        )
+    return typing.get_args(annotation)[0]
+
+
 @dataclass(frozen=True)
 class Signature:
     """A model function's wire-visible parameters and result, plus what is injected."""
@@ -247,9 +256,13 @@ def signature_of(
     func: Callable[..., Any],
     *,
     streaming: bool,
+    batched: bool = False,
     is_injected: Callable[[inspect.Parameter, Any], Any] | None = None,
 ) -> Signature:
     """Read a model function's annotations into field specs; every problem names the parameter.
+
+    A `batched` function takes `list[T]` per parameter and returns `list[R]`; the schema
+    describes one request, so its fields are `T` and `R`.
 
     `is_injected(param, annotation)` returns a non-None marker for parameters that the server
     supplies (context, dependencies); those stay out of the schema.
@@ -274,12 +287,16 @@ def signature_of(
                 f"{where}: parameter '{p.name}' has no type annotation; "
                 f"annotate it, e.g. '{p.name}: str'"
             )
+        if batched:
+            annotation = _batch_item(annotation, f"{where}, parameter '{p.name}'")
         params.append(field_spec(p.name, annotation, p.default, f"{where}, parameter '{p.name}'"))
     if "return" not in hints:
         raise ConfigurationError(f"{where}: add a return annotation, e.g. '-> str'")
     result_ann = hints["return"]
     if streaming and typing.get_origin(result_ann) in _STREAM_ORIGINS:
         result_ann = typing.get_args(result_ann)[0]
+    if batched:
+        result_ann = _batch_item(result_ann, f"{where}, return annotation")
     return Signature(
         tuple(params),
         field_spec("result", result_ann, _NO_DEFAULT, f"{where}, return annotation"),

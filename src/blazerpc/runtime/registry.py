@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import ConfigurationError, ModelNotFoundError
-from ..types import Signature, signature_of
+from ..types import Signature, Tensor, signature_of
 
 
 def rpc_name(model_name: str) -> str:
@@ -26,6 +26,7 @@ class ModelEntry:
     func: Callable[..., Any]
     streaming: bool
     signature: Signature
+    batched: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -38,8 +39,11 @@ class ModelEntry:
         return f"/blazerpc.InferenceService/Predict{self.rpc}"
 
     @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func) or inspect.isasyncgenfunction(self.func)
+    def stacks_tensors(self) -> bool:
+        """Every input and the output are tensors with a named leading axis, so requests can be
+        concatenated along it and the result split back by rows."""
+        specs = [f.type for f in self.signature.params] + [self.signature.result.type]
+        return len(specs) > 1 and all(isinstance(s, Tensor) and s.leading_symbolic for s in specs)
 
 
 class ModelRegistry:
@@ -55,9 +59,11 @@ class ModelRegistry:
         *,
         version: str = "1",
         streaming: bool = False,
+        batched: bool = False,
         is_injected: Callable[[inspect.Parameter, Any], Any] | None = None,
         **options: Any,
     ) -> ModelEntry:
+        """Check and record a model; `options` are its per-model batching overrides."""
         where = f"model '{name}' ({getattr(func, '__qualname__', func)})"
         rpc = rpc_name(name)
         if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", rpc):
@@ -75,13 +81,20 @@ class ModelRegistry:
             raise ConfigurationError(
                 f"{where}: is a generator; register it with @app.model('{name}', streaming=True)"
             )
+        if batched and streaming:
+            raise ConfigurationError(
+                f"{where}: streaming models are never batched; drop batched=True"
+            )
         for other in self._models.values():
             if other.rpc == rpc:
                 raise ConfigurationError(
                     f"{where}: its RPC Predict{rpc} is already taken by model '{other.name}'"
                 )
-        signature = signature_of(func, streaming=streaming, is_injected=is_injected)
-        entry = ModelEntry(name, str(version), func, streaming, signature, options)
+        signature = signature_of(
+            func, streaming=streaming, batched=batched, is_injected=is_injected
+        )
+        options = {k: v for k, v in options.items() if v is not None}
+        entry = ModelEntry(name, str(version), func, streaming, signature, batched, options)
         self._models[name] = entry
         return entry
 

@@ -17,8 +17,8 @@ from google.protobuf.message import DecodeError, Message
 
 from ..codec import Codec
 from ..exceptions import status_of
-from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
+from ..runtime.runner import ModelRunner
 from ..schema import Schema
 
 logger = logging.getLogger("blazerpc.server")
@@ -59,14 +59,15 @@ async def _abort(context: grpc.aio.ServicerContext, entry: ModelEntry, exc: Base
     await context.abort(code, details)
 
 
-def unary_handler(entry: ModelEntry, schema: Schema, executor: Executor) -> grpc.RpcMethodHandler:
+def unary_handler(runner: ModelRunner, schema: Schema) -> grpc.RpcMethodHandler:
+    entry = runner.entry
     parse = _parser(entry, schema)
     wrap = _wrapper(entry, schema)
-    invoke = executor.invoker(entry.func)
+    predict = runner.predict
 
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            result = await invoke(parse(request))
+            result = await predict(parse(request), context.time_remaining())
             return wrap(result).SerializeToString()
         except Exception as exc:
             await _abort(context, entry, exc)
@@ -85,10 +86,11 @@ async def _close(chunks: AsyncIterator[Any]) -> None:
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def stream_handler(entry: ModelEntry, schema: Schema, executor: Executor) -> grpc.RpcMethodHandler:
+def stream_handler(runner: ModelRunner, schema: Schema) -> grpc.RpcMethodHandler:
+    entry = runner.entry
     parse = _parser(entry, schema)
     wrap = _wrapper(entry, schema)
-    stream = executor.streamer(entry.func)
+    stream = runner.stream
 
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> None:
         try:
@@ -111,11 +113,9 @@ def stream_handler(entry: ModelEntry, schema: Schema, executor: Executor) -> grp
     return grpc.unary_stream_rpc_method_handler(handle)
 
 
-def model_handlers(
-    models: list[ModelEntry], schema: Schema, executor: Executor
-) -> dict[str, grpc.RpcMethodHandler]:
+def model_handlers(runners: list[ModelRunner], schema: Schema) -> dict[str, grpc.RpcMethodHandler]:
     """The method handlers of the InferenceService, keyed by method name."""
     return {
-        f"Predict{m.rpc}": (stream_handler if m.streaming else unary_handler)(m, schema, executor)
-        for m in models
+        f"Predict{r.entry.rpc}": (stream_handler if r.entry.streaming else unary_handler)(r, schema)
+        for r in runners
     }

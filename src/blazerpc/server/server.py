@@ -9,8 +9,10 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ..exceptions import ConfigurationError
+from ..runtime.batcher import BatchSettings, BatchStats
 from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
+from ..runtime.runner import ModelRunner
 from ..schema import SERVICE_FULL_NAME, Schema
 from .handlers import model_handlers
 from .health import NOT_SERVING, SERVING, Health
@@ -21,17 +23,32 @@ class Server:
     """A running server: its bound `port`, and `stop()` to drain and close it."""
 
     def __init__(
-        self, grpc_server: grpc.aio.Server, port: int, health: Health, executor: Executor
+        self,
+        grpc_server: grpc.aio.Server,
+        port: int,
+        health: Health,
+        executor: Executor,
+        runners: dict[str, ModelRunner],
     ) -> None:
         self.port = port
+        self.runners = runners
         self._grpc = grpc_server
         self._health = health
         self._executor = executor
+        self._batchers = {n: r.batcher for n, r in runners.items() if r.batcher is not None}
+
+    def stats(self) -> dict[str, BatchStats]:
+        """Batching statistics of each batched model, by model name."""
+        for batcher in self._batchers.values():
+            batcher.stats.queue_depth = batcher.queue_depth
+        return {name: b.stats for name, b in self._batchers.items()}
 
     async def stop(self, grace: float | None = 30.0) -> None:
         """Report NOT_SERVING, refuse new calls, let calls in flight finish within `grace`."""
         await self._health.set_all(NOT_SERVING)
         await self._grpc.stop(grace)
+        for runner in self.runners.values():
+            await runner.stop()
         self._executor.shutdown()
 
     async def wait_for_termination(self) -> None:
@@ -56,12 +73,14 @@ async def start_server(
     port: int,
     max_message_bytes: int,
     max_threads: int,
+    batching: dict[str, BatchSettings],
     reuse_port: bool = False,
 ) -> Server:
     executor = Executor(max_threads)
+    runners = {m.name: ModelRunner(m, executor, batching.get(m.name)) for m in models}
     server = grpc.aio.server(options=grpc_options(max_message_bytes, reuse_port))
     server.add_registered_method_handlers(
-        SERVICE_FULL_NAME, model_handlers(list(models), schema, executor)
+        SERVICE_FULL_NAME, model_handlers(list(runners.values()), schema)
     )
     health = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -73,6 +92,8 @@ async def start_server(
         raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
     if bound == 0:
         raise ConfigurationError(f"cannot listen on {address}")
+    for runner in runners.values():
+        runner.start()
     await server.start()
     await health.set_all(SERVING)
-    return Server(server, bound, health, executor)
+    return Server(server, bound, health, executor, runners)

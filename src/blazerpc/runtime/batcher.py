@@ -1,0 +1,318 @@
+"""Adaptive batching: many concurrent requests, one model call, each caller gets its own rows.
+
+Dispatch is demand-driven. An idle model runs a lone request at once, in the caller's own
+task. While the model is busy, requests queue; when it frees up, the next batch takes what
+is queued and, if the previous batch was larger (its callers are about to send again), waits
+up to `batch_timeout_ms` for them. The queue is bounded, and requests whose caller gave up
+are dropped before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from grpc import StatusCode
+
+from ..exceptions import InferenceError, RPCError, ValidationError
+from ..types import Tensor
+from .registry import ModelEntry
+
+Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How one model batches; app-wide defaults, overridable per model."""
+
+    max_batch_size: int = 32
+    batch_timeout_ms: float = 10.0
+    max_queue_size: int = 1024
+    max_concurrent_batches: int = 1
+
+
+@dataclass
+class BatchStats:
+    """What the batcher did, for tuning and metrics; all counters since start-up."""
+
+    requests: int = 0
+    batches: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    queue_depth: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    queue_seconds: float = 0.0
+    model_seconds: float = 0.0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.requests_batched / self.batches if self.batches else 0.0
+
+    @property
+    def requests_batched(self) -> int:
+        return sum(size * n for size, n in self.batch_sizes.items())
+
+    @property
+    def mean_queue_ms(self) -> float:
+        served = self.requests_batched
+        return 1000 * self.queue_seconds / served if served else 0.0
+
+    @property
+    def mean_model_ms(self) -> float:
+        return 1000 * self.model_seconds / self.batches if self.batches else 0.0
+
+
+class _Pending:
+    __slots__ = ("deadline", "enqueued", "future", "key", "kwargs", "rows")
+
+    def __init__(
+        self,
+        kwargs: dict[str, Any],
+        rows: int,
+        key: Any,
+        deadline: float | None,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.kwargs, self.rows, self.key, self.deadline = kwargs, rows, key, deadline
+        self.future = future
+        self.enqueued = time.perf_counter()
+
+
+class TensorStacking:
+    """Concatenate every tensor input along axis 0; split the output by each request's rows."""
+
+    def __init__(self, entry: ModelEntry) -> None:
+        self.name = entry.name
+        self.inputs = [f.name for f in entry.signature.params]
+        self.axis = {
+            f.name: f.type.dims[0]
+            for f in entry.signature.params  # type: ignore[union-attr]
+            if isinstance(f.type, Tensor)
+        }
+
+    def prepare(self, kwargs: dict[str, Any]) -> tuple[int, Any]:
+        """Rows in this request, and the key of requests it may share a batch with."""
+        arrays = [kwargs[name] for name in self.inputs]
+        rows = arrays[0].shape[0]
+        for name, arr in zip(self.inputs, arrays, strict=True):
+            if arr.shape[0] != rows:
+                raise ValidationError(
+                    f"field '{name}': has {arr.shape[0]} rows along '{self.axis[name]}', "
+                    f"but '{self.inputs[0]}' has {rows}; batched inputs must agree",
+                    field=name,
+                )
+        return rows, tuple(arr.shape[1:] for arr in arrays)
+
+    def merge(self, batch: Sequence[_Pending]) -> dict[str, Any]:
+        if len(batch) == 1:
+            return batch[0].kwargs
+        return {n: np.concatenate([p.kwargs[n] for p in batch]) for n in self.inputs}
+
+    def split(self, result: Any, batch: Sequence[_Pending]) -> list[Any]:
+        result = np.asarray(result)
+        rows = sum(p.rows for p in batch)
+        if result.ndim == 0 or result.shape[0] != rows:
+            got = "a scalar" if result.ndim == 0 else f"{result.shape[0]} rows"
+            raise InferenceError(
+                f"model '{self.name}' returned {got} for a batch of {rows} rows; "
+                "a batched tensor model must return one output row per input row"
+            )
+        out, start = [], 0
+        for p in batch:
+            out.append(result[start : start + p.rows])
+            start += p.rows
+        return out
+
+
+class ListBatching:
+    """batched=True models: one list per parameter in, one list of results out."""
+
+    def __init__(self, entry: ModelEntry) -> None:
+        self.name = entry.name
+        self.inputs = [f.name for f in entry.signature.params]
+
+    def prepare(self, kwargs: dict[str, Any]) -> tuple[int, Any]:
+        return 1, None
+
+    def merge(self, batch: Sequence[_Pending]) -> dict[str, Any]:
+        return {n: [p.kwargs[n] for p in batch] for n in self.inputs}
+
+    def split(self, result: Any, batch: Sequence[_Pending]) -> list[Any]:
+        if not isinstance(result, (list, tuple)) or len(result) != len(batch):
+            got = (
+                f"{len(result)} results"
+                if isinstance(result, (list, tuple))
+                else (f"a {type(result).__name__}")
+            )
+            raise InferenceError(
+                f"model '{self.name}' returned {got} for a batch of {len(batch)} requests; "
+                "a batched=True model must return a list with one result per request"
+            )
+        return list(result)
+
+
+class Batcher:
+    """The queue and dispatcher of one model."""
+
+    def __init__(self, entry: ModelEntry, invoke: Invoke, settings: BatchSettings) -> None:
+        self.name = entry.name
+        self.plan = TensorStacking(entry) if entry.stacks_tensors else ListBatching(entry)
+        self.settings = settings
+        self.stats = BatchStats()
+        self._invoke = invoke
+        self._queue: deque[_Pending] = deque()
+        self._running = 0
+        self._last_size = 0
+        self._last_finished = 0.0
+        self._timeout = settings.batch_timeout_ms / 1000
+        self._wakeup = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_forever())
+
+    async def stop(self) -> None:
+        for task in (self._dispatcher, *self._tasks):
+            if task is not None:
+                task.cancel()
+        for p in self._queue:
+            p.future.cancel()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def _demand(self, now: float) -> int:
+        """How many requests the next batch should wait for: the size of the last batch, whose
+        callers are likely to send again, unless the model has been idle for a while."""
+        if now - self._last_finished > self._timeout:
+            return 1
+        return min(self.settings.max_batch_size, max(1, self._last_size))
+
+    async def submit(self, kwargs: dict[str, Any], timeout: float | None = None) -> Any:
+        """The model's result for one request, computed in some batch."""
+        rows, key = self.plan.prepare(kwargs)
+        if len(self._queue) >= self.settings.max_queue_size:
+            self.stats.rejected += 1
+            raise RPCError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"model '{self.name}' is overloaded: {len(self._queue)} requests queued "
+                f"(max_queue_size={self.settings.max_queue_size}); retry with backoff",
+            )
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        pending = _Pending(kwargs, rows, key, deadline, loop.create_future())
+        self.stats.requests += 1
+        if (
+            not self._queue
+            and self._running < self.settings.max_concurrent_batches
+            and self._demand(pending.enqueued) == 1
+        ):
+            # Idle model: run at once in this task, no queue and no dispatcher hop.
+            await self._run([pending])
+            return pending.future.result()
+        self._queue.append(pending)
+        self._wakeup.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            pending.future.cancel()  # the dispatcher skips it; a running batch ignores it
+            raise
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            while not self._queue or self._running >= self.settings.max_concurrent_batches:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = await self._collect()
+            if batch:
+                self._running += 1  # _run gives it back
+                task = asyncio.get_running_loop().create_task(self._run(batch, counted=True))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _collect(self) -> list[_Pending]:
+        """Wait (at most batch_timeout) while requests are still arriving, then take a batch."""
+        now = time.perf_counter()
+        want = self._demand(now)
+        give_up = now + self._timeout
+        while len(self._queue) < want:
+            remaining = give_up - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        return self._take()
+
+    def _take(self) -> list[_Pending]:
+        """Up to max_batch_size rows of live, compatible requests, oldest first."""
+        now = time.perf_counter()
+        batch: list[_Pending] = []
+        rest: deque[_Pending] = deque()
+        rows, key = 0, None
+        while self._queue:
+            p = self._queue.popleft()
+            if p.future.done():
+                self.stats.dropped += 1
+                continue
+            if p.deadline is not None and p.deadline <= now:
+                self.stats.dropped += 1
+                p.future.set_exception(
+                    RPCError(
+                        StatusCode.DEADLINE_EXCEEDED,
+                        f"deadline passed while queued for model '{self.name}'",
+                    )
+                )
+                continue
+            if batch and (p.key != key or rows + p.rows > self.settings.max_batch_size):
+                rest.append(p)
+                if rows >= self.settings.max_batch_size:
+                    break
+                continue
+            batch.append(p)
+            rows, key = rows + p.rows, p.key
+        rest.extend(self._queue)
+        self._queue = rest
+        return batch
+
+    async def _run(self, batch: list[_Pending], counted: bool = False) -> None:
+        """One model call for the whole batch; every request gets its own result or error."""
+        if not counted:
+            self._running += 1
+        start = time.perf_counter()
+        stats = self.stats
+        try:
+            for p in batch:
+                stats.queue_seconds += start - p.enqueued
+            try:
+                results = self.plan.split(await self._invoke(self.plan.merge(batch)), batch)
+            except Exception as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                return
+            for p, result in zip(batch, results, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
+        finally:
+            self._running -= 1
+            finished = time.perf_counter()
+            stats.batches += 1
+            stats.batch_sizes[len(batch)] += 1
+            stats.model_seconds += finished - start
+            self._last_size, self._last_finished = len(batch), finished
+            if self._queue:
+                self._wakeup.set()

@@ -1,0 +1,47 @@
+"""One object per model that every protocol calls: direct, batched or streaming.
+
+Protocol adapters (native gRPC, KServe v2, JSON-RPC) only translate their wire format to
+keyword arguments and back; how the model runs is decided here, once, at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from .batcher import Batcher, BatchSettings
+from .executor import Executor
+from .registry import ModelEntry
+
+Predict = Callable[[dict[str, Any], "float | None"], Awaitable[Any]]
+Stream = Callable[[dict[str, Any]], AsyncIterator[Any]]
+
+
+class ModelRunner:
+    """Runs one model. `predict(kwargs, timeout)` answers a unary call, through the batcher when
+    the model batches; `stream(kwargs)` iterates a streaming model's chunks."""
+
+    predict: Predict
+    stream: Stream
+
+    def __init__(
+        self, entry: ModelEntry, executor: Executor, batching: BatchSettings | None
+    ) -> None:
+        self.entry = entry
+        self.batcher: Batcher | None = None
+        if entry.streaming:
+            self.stream = executor.streamer(entry.func)
+        elif batching is not None:
+            self.batcher = Batcher(entry, executor.invoker(entry.func), batching)
+            self.predict = self.batcher.submit
+        else:
+            invoke = executor.invoker(entry.func)
+            self.predict = lambda kwargs, timeout=None: invoke(kwargs)
+
+    def start(self) -> None:
+        if self.batcher is not None:
+            self.batcher.start()
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
