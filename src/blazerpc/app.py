@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -11,12 +12,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from .exceptions import ConfigurationError
+from .injection import injected_marker
 from .runtime.batcher import BatchSettings
 from .runtime.registry import ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
-from .server.server import Server, start_server
+from .server.handlers import CallPolicy
+from .server.metrics import BatchMetrics, serve_metrics
+from .server.middleware import MetricsMiddleware, Middleware
+from .server.server import Limits, Server, ServerTLS, start_server
 
 F = TypeVar("F", bound=Callable[..., Any])
+Hook = Callable[[], Any]
 logger = logging.getLogger("blazerpc")
 
 
@@ -35,11 +42,12 @@ class BlazeApp:
         enable_batching: bool = True,
         max_batch_size: int = 32,
         batch_timeout_ms: float = 10.0,
-        middleware: list[Any] | None = None,
+        middleware: list[Middleware] | None = None,
         *,
         max_queue_size: int = 1024,
         max_message_mb: float = 64,
         max_threads: int | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.name = name
         self.enable_batching = enable_batching
@@ -47,10 +55,13 @@ class BlazeApp:
         self.batch_timeout_ms = batch_timeout_ms
         self.max_queue_size = max_queue_size
         self.middleware = list(middleware or [])
-        self.max_message_bytes = int(max_message_mb * 1024 * 1024)
+        self.limits = Limits(max_message_bytes=int(max_message_mb * 1024 * 1024))
         self.max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
+        self.metrics_port = metrics_port
         self.registry = ModelRegistry()
         self.state = types.SimpleNamespace()
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
         self._schema: Schema | None = None
 
     def model(
@@ -73,38 +84,55 @@ class BlazeApp:
         """
 
         def register(func: F) -> F:
-            self.registry.register(
+            entry = self.registry.register(
                 name,
                 func,
                 version=version,
                 streaming=streaming,
                 batched=batched,
+                is_injected=injected_marker,
                 max_batch_size=max_batch_size,
                 batch_timeout_ms=batch_timeout_ms,
                 max_queue_size=max_queue_size,
                 max_concurrent_batches=max_concurrent_batches,
             )
+            if batched and entry.signature.injected:
+                raise ConfigurationError(
+                    f"model '{name}': batched=True cannot take Context or Depends parameters "
+                    "(one call serves many requests, each with its own context)"
+                )
             self._schema = None
             return func
 
         return register
 
+    def on_startup(self, hook: F) -> F:
+        """Run `hook` (sync or async) in each worker before it admits traffic, e.g. to load
+        weights; health stays NOT_SERVING until every start-up hook has finished."""
+        self._startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: F) -> F:
+        """Run `hook` (sync or async) after the server has drained."""
+        self._shutdown.append(hook)
+        return hook
+
     def batch_settings(self, entry: ModelEntry) -> BatchSettings | None:
         """How `entry` batches, or None when it runs call by call."""
-        if entry.streaming or not (
-            entry.batched or (self.enable_batching and entry.stacks_tensors)
-        ):
+        if entry.streaming:
+            return None
+        auto = self.enable_batching and entry.stacks_tensors and not entry.signature.injected
+        if not (entry.batched or auto):
             return None
         settings = BatchSettings(
-            max_batch_size=self.max_batch_size if self.enable_batching else 1,
+            max_batch_size=self.max_batch_size,
             batch_timeout_ms=self.batch_timeout_ms,
             max_queue_size=self.max_queue_size,
         )
-        if not self.enable_batching:  # batched=True models still need their lists
-            return replace(
-                settings, **{k: v for k, v in entry.options.items() if k != "max_batch_size"}
-            )
-        return replace(settings, **entry.options)
+        settings = replace(settings, **entry.options)
+        if not self.enable_batching:  # batched=True models still get their lists, of one
+            settings = replace(settings, max_batch_size=1)
+        return settings
 
     @property
     def schema(self) -> Schema:
@@ -117,35 +145,80 @@ class BlazeApp:
         """The .proto source a client can compile with protoc."""
         return self.schema.proto_text()
 
-    async def start(self, host: str = "127.0.0.1", port: int = 50051) -> Server:
-        """Start serving in the background; `port=0` picks a free port (see `server.port`)."""
-        return await start_server(
+    async def _run_hooks(self, hooks: list[Hook]) -> None:
+        for hook in hooks:
+            if inspect.iscoroutinefunction(hook):
+                await hook()
+            else:  # in a thread, so health checks are answered while weights load
+                await asyncio.to_thread(hook)
+
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        *,
+        tls: ServerTLS | None = None,
+        reuse_port: bool = False,
+    ) -> Server:
+        """Start serving in the background; `port=0` picks a free port (see `server.port`).
+
+        Returns once start-up hooks have run and the server admits calls.
+        """
+        middleware = list(self.middleware)
+        if self.metrics_port is not None:
+            if not any(isinstance(m, MetricsMiddleware) for m in middleware):
+                middleware.insert(0, MetricsMiddleware())
+            serve_metrics(self.metrics_port, host)
+        with_metrics = any(isinstance(m, MetricsMiddleware) for m in middleware)
+        server = await start_server(
             self.registry.list_models(),
             self.schema,
             host=host,
             port=port,
-            max_message_bytes=self.max_message_bytes,
-            max_threads=self.max_threads,
+            policy=CallPolicy(middleware=middleware, app_state=self.state),
             batching={
                 m.name: settings
                 for m in self.registry
                 if (settings := self.batch_settings(m)) is not None
             },
+            max_threads=self.max_threads,
+            limits=self.limits,
+            tls=tls,
+            reuse_port=reuse_port,
+            on_stop=lambda: self._run_hooks(self._shutdown),
+            batch_observer=BatchMetrics if with_metrics else None,
         )
+        try:
+            await self._run_hooks(self._startup)
+        except BaseException:
+            await server.stop(grace=0)
+            raise
+        await server.ready()
+        return server
 
     async def serve(
-        self, host: str = "0.0.0.0", port: int = 50051, grace_period: float = 30.0
+        self,
+        host: str = "0.0.0.0",
+        port: int = 50051,
+        *,
+        grace_period: float = 30.0,
+        tls: ServerTLS | None = None,
+        reuse_port: bool = False,
+        on_ready: Callable[[], Any] | None = None,
     ) -> None:
-        """Serve until SIGINT or SIGTERM, then drain calls in flight for up to `grace_period`."""
-        server = await self.start(host, port)
-        stopping = asyncio.Event()
+        """Serve until SIGINT or SIGTERM, then drain calls in flight for up to `grace_period`:
+        health turns NOT_SERVING, new calls get UNAVAILABLE, calls in flight complete."""
         loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
         try:
+            server = await self.start(host, port, tls=tls, reuse_port=reuse_port)
+            if on_ready is not None:
+                on_ready()
             await stopping.wait()
-            logger.info("shutting down: draining calls in flight (up to %ss)", grace_period)
-        finally:
+            logger.info("draining calls in flight (up to %ss)", grace_period)
             await server.stop(grace_period)
+        finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

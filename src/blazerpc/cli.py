@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -15,6 +14,8 @@ import typer
 from .app import BlazeApp
 from .exceptions import ConfigurationError
 from .schema import FILE_NAME
+from .server.server import ServerTLS
+from .server.workers import ServeConfig, serve_process, serve_with_reload, supervise
 
 cli = typer.Typer(
     name="blaze",
@@ -69,11 +70,20 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
-def banner(app: BlazeApp, host: str, port: int) -> str:
+def banner(app: BlazeApp, host: str, port: int, *, workers: int = 1, tls: bool = False) -> str:
+    """Each model with its version and how it runs, then where the server listens."""
     lines = [f"BlazeRPC '{app.name}' serving {len(app.registry)} model(s):"]
     for m in app.registry:
-        lines.append(f"  {m.name:<24} v{m.version:<6} {'streaming' if m.streaming else 'unary'}")
-    lines.append(f"listening on {host}:{port} (gRPC; health and reflection enabled)")
+        if m.streaming:
+            mode = "streaming"
+        elif (settings := app.batch_settings(m)) is not None:
+            mode = f"unary, batched (up to {settings.max_batch_size})"
+        else:
+            mode = "unary"
+        lines.append(f"  {m.name:<24} v{m.version:<6} {mode}")
+    scheme = "gRPC with TLS" if tls else "gRPC"
+    procs = f", {workers} workers" if workers > 1 else ""
+    lines.append(f"listening on {host}:{port} ({scheme}{procs}; health and reflection enabled)")
     return "\n".join(lines)
 
 
@@ -83,13 +93,52 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 50051,
     app_dir: AppDir = Path("."),
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes sharing the port (SO_REUSEPORT)")
+    ] = 1,
+    reload: Annotated[bool, typer.Option(help="Restart on .py changes (development)")] = False,
+    grace_period: Annotated[
+        float, typer.Option(help="Seconds calls in flight may take to finish on SIGTERM")
+    ] = 30.0,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port")
+    ] = None,
+    max_message_mb: Annotated[
+        float | None, typer.Option(help="Largest message accepted or sent [default: 64]")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="Require client certificates signed by this CA")
+    ] = None,
 ) -> None:
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = load_app(app_path, app_dir)
-    typer.echo(banner(app, host, port))
+    if reload and workers > 1:
+        raise _fail("--reload and --workers cannot be combined")
+    if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
+        raise _fail("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
+    tls = None
+    if tls_cert is not None and tls_key is not None:
+        tls = ServerTLS(str(tls_cert), str(tls_key), str(tls_client_ca) if tls_client_ca else None)
+    config = ServeConfig(
+        app_path,
+        app_dir,
+        host,
+        port,
+        grace_period,
+        tls,
+        metrics_port,
+        max_message_mb,
+    )
+    app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
+    typer.echo(banner(app, host, port, workers=workers, tls=tls is not None))
     try:
-        run(app.serve(host, port))
+        if reload:
+            serve_with_reload(config)
+        elif workers > 1:
+            raise typer.Exit(supervise(config, workers))
+        else:
+            serve_process(config)
     except ConfigurationError as exc:
         raise _fail(str(exc)) from None
 

@@ -38,7 +38,8 @@ def decode_tensor(proto: Any, spec: Tensor, path: str) -> np.ndarray:
     shape = tuple(proto.shape)
     if any(d < 0 for d in shape):
         raise ValidationError(
-            f"field '{path}': negative dimension in shape {list(shape)}", field=path
+            f"field '{path}': expected non-negative dimensions, got shape {list(shape)}",
+            field=path,
         )
     if spec.dims is not None:
         _check_dims(shape, spec.dims, path, ValidationError)

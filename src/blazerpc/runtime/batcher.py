@@ -14,7 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from grpc import StatusCode
@@ -156,11 +156,26 @@ class ListBatching:
         return list(result)
 
 
+class BatchObserver(Protocol):
+    """Receives what a batcher does, e.g. to export it as metrics."""
+
+    def queued(self, depth: int) -> None: ...
+
+    def batch(self, size: int, waits: list[float], seconds: float) -> None: ...
+
+
 class Batcher:
     """The queue and dispatcher of one model."""
 
-    def __init__(self, entry: ModelEntry, invoke: Invoke, settings: BatchSettings) -> None:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        invoke: Invoke,
+        settings: BatchSettings,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self.name = entry.name
+        self.observer = observer
         self.plan = TensorStacking(entry) if entry.stacks_tensors else ListBatching(entry)
         self.settings = settings
         self.stats = BatchStats()
@@ -219,6 +234,8 @@ class Batcher:
             return pending.future.result()
         self._queue.append(pending)
         self._wakeup.set()
+        if self.observer is not None:
+            self.observer.queued(len(self._queue))
         try:
             return await pending.future
         except asyncio.CancelledError:
@@ -282,6 +299,8 @@ class Batcher:
             rows, key = rows + p.rows, p.key
         rest.extend(self._queue)
         self._queue = rest
+        if self.observer is not None:
+            self.observer.queued(len(rest))
         return batch
 
     async def _run(self, batch: list[_Pending], counted: bool = False) -> None:
@@ -290,9 +309,9 @@ class Batcher:
             self._running += 1
         start = time.perf_counter()
         stats = self.stats
+        waits = [start - p.enqueued for p in batch]
         try:
-            for p in batch:
-                stats.queue_seconds += start - p.enqueued
+            stats.queue_seconds += sum(waits)
             try:
                 results = self.plan.split(await self._invoke(self.plan.merge(batch)), batch)
             except Exception as exc:
@@ -313,6 +332,8 @@ class Batcher:
             stats.batches += 1
             stats.batch_sizes[len(batch)] += 1
             stats.model_seconds += finished - start
+            if self.observer is not None:
+                self.observer.batch(len(batch), waits, finished - start)
             self._last_size, self._last_finished = len(batch), finished
             if self._queue:
                 self._wakeup.set()

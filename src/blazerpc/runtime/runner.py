@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from .batcher import Batcher, BatchSettings
+from .batcher import Batcher, BatchObserver, BatchSettings
 from .executor import Executor
 from .registry import ModelEntry
 
@@ -25,14 +25,18 @@ class ModelRunner:
     stream: Stream
 
     def __init__(
-        self, entry: ModelEntry, executor: Executor, batching: BatchSettings | None
+        self,
+        entry: ModelEntry,
+        executor: Executor,
+        batching: BatchSettings | None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.entry = entry
         self.batcher: Batcher | None = None
         if entry.streaming:
             self.stream = executor.streamer(entry.func)
         elif batching is not None:
-            self.batcher = Batcher(entry, executor.invoker(entry.func), batching)
+            self.batcher = Batcher(entry, executor.invoker(entry.func), batching, observer)
             self.predict = self.batcher.submit
         else:
             invoke = executor.invoker(entry.func)

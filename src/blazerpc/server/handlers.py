@@ -1,29 +1,57 @@
 """One gRPC method handler per model, built once at start-up.
 
 The path of a call: bytes -> message (protobuf's C runtime) -> keyword arguments (codec) ->
-model (executor) -> result -> message -> bytes. Every failure leaves through `status_of`, so
-each exception type maps to one status whichever model raised it.
+model (runner: direct, batched or streaming) -> result -> message -> bytes. Every failure
+leaves through `status_of`, so each exception type maps to one status whichever model raised.
+Middleware, injection and the admission gate are compiled in only where they are used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from ..codec import Codec
-from ..exceptions import status_of
+from ..exceptions import RPCError, SerializationError, status_of
+from ..injection import Context, injector
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import Schema
+from .middleware import Middleware, RequestEvent, ResponseEvent, lower_keys
 
 logger = logging.getLogger("blazerpc.server")
 
-Handler = Callable[[bytes, grpc.aio.ServicerContext], Any]
+ServicerContext = grpc.aio.ServicerContext
+Core = Callable[[bytes, ServicerContext], Awaitable[Any]]
+
+
+class Gate:
+    """Whether model calls are admitted: closed (with a reason) while starting and draining."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = "the server is starting up"
+
+    def open(self) -> None:
+        self.reason = None
+
+    def close(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass
+class CallPolicy:
+    """What applies to every model call on this server, whichever model it is."""
+
+    gate: Gate = field(default_factory=Gate)
+    middleware: list[Middleware] = field(default_factory=list)
+    app_state: Any = None
 
 
 def _parser(entry: ModelEntry, schema: Schema) -> Callable[[bytes], dict[str, Any]]:
@@ -36,44 +64,52 @@ def _parser(entry: ModelEntry, schema: Schema) -> Callable[[bytes], dict[str, An
         try:
             msg = parse(data)
         except DecodeError as exc:
-            raise _BadRequest(f"request could not be decoded as {what}: {exc}") from None
+            raise SerializationError(f"request could not be decoded as {what}: {exc}") from None
         return decode(msg)
 
     return parse_request
 
 
-class _BadRequest(Exception):
-    """Bytes that are not a request message."""
+def _arguments(
+    entry: ModelEntry, schema: Schema, policy: CallPolicy
+) -> Callable[[bytes, ServicerContext], Awaitable[dict[str, Any]] | dict[str, Any]]:
+    """Request bytes (and, for models that ask, the call's context) to the model's arguments."""
+    parse = _parser(entry, schema)
+    if not entry.signature.injected:
+        return lambda request, context: parse(request)
+    inject, method, state = injector(entry.signature.injected), entry.method, policy.app_state
+
+    async def parse_and_inject(request: bytes, context: ServicerContext) -> dict[str, Any]:
+        kwargs = parse(request)
+        call = Context(lower_keys(context.invocation_metadata()), context.peer(), method, state)
+        kwargs.update(await inject(call))
+        return kwargs
+
+    return parse_and_inject
 
 
 def _wrapper(entry: ModelEntry, schema: Schema) -> Callable[[Any], Message]:
     return Codec(schema.response_class(entry.rpc), (entry.signature.result,)).wrap
 
 
-async def _abort(context: grpc.aio.ServicerContext, entry: ModelEntry, exc: BaseException) -> None:
-    if isinstance(exc, _BadRequest):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    code, details = status_of(exc)
-    if code is grpc.StatusCode.INTERNAL:
-        logger.error("model '%s' failed", entry.name, exc_info=exc)
-    await context.abort(code, details)
+def unary_core(runner: ModelRunner, schema: Schema, policy: CallPolicy) -> Core:
+    entry, predict = runner.entry, runner.predict
+    arguments, wrap = _arguments(entry, schema, policy), _wrapper(entry, schema)
 
+    if not entry.signature.injected:
 
-def unary_handler(runner: ModelRunner, schema: Schema) -> grpc.RpcMethodHandler:
-    entry = runner.entry
-    parse = _parser(entry, schema)
-    wrap = _wrapper(entry, schema)
-    predict = runner.predict
-
-    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        try:
-            result = await predict(parse(request), context.time_remaining())
+        async def unary(request: bytes, context: ServicerContext) -> bytes:
+            result = await predict(arguments(request, context), context.time_remaining())
             return wrap(result).SerializeToString()
-        except Exception as exc:
-            await _abort(context, entry, exc)
-            raise  # unreachable: abort raises
 
-    return grpc.unary_unary_rpc_method_handler(handle)
+        return unary
+
+    async def unary_injected(request: bytes, context: ServicerContext) -> bytes:
+        kwargs = await arguments(request, context)  # type: ignore[misc]
+        result = await predict(kwargs, context.time_remaining())
+        return wrap(result).SerializeToString()
+
+    return unary_injected
 
 
 async def _close(chunks: AsyncIterator[Any]) -> None:
@@ -86,36 +122,94 @@ async def _close(chunks: AsyncIterator[Any]) -> None:
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def stream_handler(runner: ModelRunner, schema: Schema) -> grpc.RpcMethodHandler:
-    entry = runner.entry
-    parse = _parser(entry, schema)
-    wrap = _wrapper(entry, schema)
-    stream = runner.stream
+def stream_core(runner: ModelRunner, schema: Schema, policy: CallPolicy) -> Core:
+    entry, stream = runner.entry, runner.stream
+    arguments, wrap = _arguments(entry, schema, policy), _wrapper(entry, schema)
 
-    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> None:
-        try:
-            chunks = stream(parse(request))
-        except Exception as exc:
-            await _abort(context, entry, exc)
-        finished = False
+    async def stream_chunks(request: bytes, context: ServicerContext) -> None:
+        kwargs = arguments(request, context)
+        if not isinstance(kwargs, dict):
+            kwargs = await kwargs
+        chunks = stream(kwargs)
         try:
             # context.write waits for the transport, so a slow reader slows the generator.
             async for chunk in chunks:
                 await context.write(wrap(chunk).SerializeToString())
-            finished = True
+        except asyncio.CancelledError:  # the client left, its deadline passed, or shutdown
+            await _close(chunks)
+            raise
+        except Exception:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            raise
+
+    return stream_chunks
+
+
+async def _abort(context: ServicerContext, entry: ModelEntry, exc: BaseException) -> None:
+    code, details = status_of(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        logger.error("model '%s' failed", entry.name, exc_info=exc)
+    await context.abort(code, details)
+
+
+def _serve(core: Core, entry: ModelEntry, policy: CallPolicy) -> Core:
+    """The core with the gate, error mapping and (only if any) middleware around it."""
+    gate, middleware = policy.gate, policy.middleware
+
+    if not middleware:
+
+        async def handle(request: bytes, context: ServicerContext) -> Any:
+            try:
+                if gate.reason is not None:
+                    raise RPCError(grpc.StatusCode.UNAVAILABLE, gate.reason)
+                return await core(request, context)
+            except Exception as exc:
+                await _abort(context, entry, exc)
+
+        return handle
+
+    method, outward = entry.method, middleware[::-1]
+
+    async def handle_observed(request: bytes, context: ServicerContext) -> Any:
+        event = RequestEvent(method, lower_keys(context.invocation_metadata()), context.peer())
+        start = time.perf_counter()
+        status = grpc.StatusCode.OK
+        try:
+            if gate.reason is not None:
+                raise RPCError(grpc.StatusCode.UNAVAILABLE, gate.reason)
+            for m in middleware:
+                await m.on_request(event)
+            return await core(request, context)
+        except asyncio.CancelledError:
+            status = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
-            finished = True
+            status = status_of(exc)[0]
             await _abort(context, entry, exc)
         finally:
-            if not finished:  # cancelled: the client left, its deadline passed, or shutdown
-                await _close(chunks)
+            done = ResponseEvent(
+                event.method_name, event.metadata, event.peer, status, time.perf_counter() - start
+            )
+            for m in outward:
+                try:
+                    await m.on_response(done)
+                except Exception:
+                    logger.exception("middleware %r failed in on_response", m)
 
-    return grpc.unary_stream_rpc_method_handler(handle)
+    return handle_observed
 
 
-def model_handlers(runners: list[ModelRunner], schema: Schema) -> dict[str, grpc.RpcMethodHandler]:
+def model_handlers(
+    runners: list[ModelRunner], schema: Schema, policy: CallPolicy
+) -> dict[str, grpc.RpcMethodHandler]:
     """The method handlers of the InferenceService, keyed by method name."""
-    return {
-        f"Predict{r.entry.rpc}": (stream_handler if r.entry.streaming else unary_handler)(r, schema)
-        for r in runners
-    }
+    handlers = {}
+    for runner in runners:
+        entry = runner.entry
+        if entry.streaming:
+            handle = _serve(stream_core(runner, schema, policy), entry, policy)
+            handlers[f"Predict{entry.rpc}"] = grpc.unary_stream_rpc_method_handler(handle)
+        else:
+            handle = _serve(unary_core(runner, schema, policy), entry, policy)
+            handlers[f"Predict{entry.rpc}"] = grpc.unary_unary_rpc_method_handler(handle)
+    return handlers

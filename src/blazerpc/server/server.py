@@ -2,25 +2,78 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ..exceptions import ConfigurationError
-from ..runtime.batcher import BatchSettings, BatchStats
+from ..runtime.batcher import BatchObserver, BatchSettings, BatchStats
 from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import SERVICE_FULL_NAME, Schema
-from .handlers import model_handlers
+from .handlers import CallPolicy, model_handlers
 from .health import NOT_SERVING, SERVING, Health
 from .reflection import enable_reflection
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """PEM files for TLS; with `client_ca_file`, clients must present a certificate it signed."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+
+        ca = read(self.client_ca_file) if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(read(self.key_file), read(self.cert_file))],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Transport limits; the defaults suit inference behind a load balancer."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_streams: int = 256
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    min_client_ping_interval_s: float = 10.0
+
+    def grpc_options(self, reuse_port: bool) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                int(self.min_client_ping_interval_s * 1000),
+            ),
+            # One process per port unless workers share it on purpose: a second server
+            # silently sharing the port of a forgotten one is a classic deploy bug.
+            ("grpc.so_reuseport", int(reuse_port)),
+        ]
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
 class Server:
-    """A running server: its bound `port`, and `stop()` to drain and close it."""
+    """A running server: its bound `port`, its models' `runners`, and `stop()` to drain."""
 
     def __init__(
         self,
@@ -29,40 +82,51 @@ class Server:
         health: Health,
         executor: Executor,
         runners: dict[str, ModelRunner],
+        policy: CallPolicy,
+        on_stop: Hook | None = None,
     ) -> None:
         self.port = port
         self.runners = runners
+        self.health = health
         self._grpc = grpc_server
-        self._health = health
         self._executor = executor
-        self._batchers = {n: r.batcher for n, r in runners.items() if r.batcher is not None}
+        self._policy = policy
+        self._on_stop = on_stop
+        self._stopped = False
+
+    async def ready(self) -> None:
+        """Admit model calls and report SERVING."""
+        self._policy.gate.open()
+        await self.health.set_all(SERVING)
 
     def stats(self) -> dict[str, BatchStats]:
         """Batching statistics of each batched model, by model name."""
-        for batcher in self._batchers.values():
-            batcher.stats.queue_depth = batcher.queue_depth
-        return {name: b.stats for name, b in self._batchers.items()}
+        stats = {}
+        for name, runner in self.runners.items():
+            if runner.batcher is not None:
+                runner.batcher.stats.queue_depth = runner.batcher.queue_depth
+                stats[name] = runner.batcher.stats
+        return stats
 
     async def stop(self, grace: float | None = 30.0) -> None:
-        """Report NOT_SERVING, refuse new calls, let calls in flight finish within `grace`."""
-        await self._health.set_all(NOT_SERVING)
-        await self._grpc.stop(grace)
-        for runner in self.runners.values():
-            await runner.stop()
-        self._executor.shutdown()
+        """Drain: report NOT_SERVING, refuse new calls with UNAVAILABLE, let calls in flight
+        (queued in a batch, running, streaming) finish within `grace` seconds, then cancel."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._policy.gate.close("the server is shutting down")
+        await self.health.set_all(NOT_SERVING)
+        try:
+            await self._grpc.stop(grace)
+        finally:
+            for runner in self.runners.values():
+                await runner.stop()
+            if self._on_stop is not None:
+                await self._on_stop()
+            self._executor.shutdown()
 
     async def wait_for_termination(self) -> None:
         await self._grpc.wait_for_termination()
-
-
-def grpc_options(max_message_bytes: int, reuse_port: bool) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        # One process per port unless workers share it on purpose: a second server
-        # silently sharing the port of a forgotten one is a classic deploy bug.
-        ("grpc.so_reuseport", int(reuse_port)),
-    ]
 
 
 async def start_server(
@@ -71,23 +135,37 @@ async def start_server(
     *,
     host: str,
     port: int,
-    max_message_bytes: int,
-    max_threads: int,
+    policy: CallPolicy,
     batching: dict[str, BatchSettings],
+    max_threads: int,
+    limits: Limits | None = None,
+    tls: ServerTLS | None = None,
     reuse_port: bool = False,
+    on_stop: Hook | None = None,
+    batch_observer: Callable[[str], BatchObserver] | None = None,
 ) -> Server:
+    """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
     executor = Executor(max_threads)
-    runners = {m.name: ModelRunner(m, executor, batching.get(m.name)) for m in models}
-    server = grpc.aio.server(options=grpc_options(max_message_bytes, reuse_port))
+    runners = {
+        m.name: ModelRunner(
+            m, executor, batching.get(m.name), batch_observer(m.name) if batch_observer else None
+        )
+        for m in models
+    }
+    limits = limits or Limits()
+    server = grpc.aio.server(options=limits.grpc_options(reuse_port))
     server.add_registered_method_handlers(
-        SERVICE_FULL_NAME, model_handlers(list(runners.values()), schema)
+        SERVICE_FULL_NAME, model_handlers(list(runners.values()), schema, policy)
     )
     health = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     enable_reflection(server, schema)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, tls.credentials())
     except RuntimeError as exc:
         raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
     if bound == 0:
@@ -95,5 +173,4 @@ async def start_server(
     for runner in runners.values():
         runner.start()
     await server.start()
-    await health.set_all(SERVING)
-    return Server(server, bound, health, executor, runners)
+    return Server(server, bound, health, executor, runners, policy, on_stop)
