@@ -40,10 +40,12 @@ class ModelEntry:
 
     @property
     def stacks_tensors(self) -> bool:
-        """Every input and the output are tensors with a named leading axis, so requests can be
-        concatenated along it and the result split back by rows."""
+        """Every input and the output are tensors whose leading axis has the same name (e.g.
+        "batch"), so requests can be concatenated along it and the result split back by rows."""
         specs = [f.type for f in self.signature.params] + [self.signature.result.type]
-        return len(specs) > 1 and all(isinstance(s, Tensor) and s.leading_symbolic for s in specs)
+        if len(specs) < 2 or not all(isinstance(s, Tensor) and s.leading_symbolic for s in specs):
+            return False
+        return len({s.dims[0] for s in specs}) == 1  # type: ignore[union-attr,index]
 
 
 class ModelRegistry:
