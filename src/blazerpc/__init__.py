@@ -3,7 +3,7 @@
 from grpc import StatusCode
 
 from .app import BlazeApp
-from .client import BlazeClient, SyncBlazeClient
+from .client import BlazeClient, ClientTLS, SyncBlazeClient
 from .exceptions import (
     BlazeRPCError,
     ConfigurationError,
@@ -13,7 +13,8 @@ from .exceptions import (
     SerializationError,
     ValidationError,
 )
-from .server.server import Server
+from .injection import Context, Depends
+from .server.server import Server, ServerTLS
 from .types import TensorInput, TensorOutput
 
 __version__ = "3.0.0.dev0"
@@ -21,12 +22,16 @@ __all__ = [
     "BlazeApp",
     "BlazeClient",
     "BlazeRPCError",
+    "ClientTLS",
     "ConfigurationError",
+    "Context",
+    "Depends",
     "InferenceError",
     "ModelNotFoundError",
     "RPCError",
     "SerializationError",
     "Server",
+    "ServerTLS",
     "StatusCode",
     "SyncBlazeClient",
     "TensorInput",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -125,11 +126,48 @@ def _error(exc: grpc.RpcError) -> BlazeRPCError:
     return error
 
 
+@dataclass(frozen=True)
+class ClientTLS:
+    """PEM files for a TLS connection: the CA to trust (system roots when None) and, for
+    mutual TLS, this client's certificate and key."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return grpc.ssl_channel_credentials(
+            read(self.ca_file), read(self.key_file), read(self.cert_file)
+        )
+
+
 class _Options:
     """Per-call settings kept apart from model inputs, so no parameter name can collide."""
 
     timeout: float | None
     metadata: list[tuple[str, str]] | None
+
+    def _setup(
+        self,
+        host: str,
+        port: int,
+        registry: ModelRegistry | None,
+        timeout: float | None,
+        metadata: Metadata | None,
+        tls: bool | ClientTLS,
+    ) -> None:
+        self.target = f"{host}:{port}"
+        self._set_options(timeout, metadata)
+        self._credentials = None
+        if tls:
+            self._credentials = (tls if isinstance(tls, ClientTLS) else ClientTLS()).credentials()
+        # Shared with with_options() views, so the schema is discovered once per connection.
+        self._shared: dict[str, dict[str, _Method]] = {}
+        if registry is not None:
+            self._shared["methods"] = _registry_methods(registry)
 
     def _set_options(self, timeout: float | None, metadata: Metadata | None) -> None:
         self.timeout = timeout
@@ -168,13 +206,10 @@ class BlazeClient(_Options):
         *,
         timeout: float | None = None,
         metadata: Metadata | None = None,
+        tls: bool | ClientTLS = False,
     ) -> None:
-        self.target = f"{host}:{port}"
-        self._set_options(timeout, metadata)
+        self._setup(host, port, registry, timeout, metadata, tls)
         self._channel: grpc.aio.Channel | None = None
-        self._shared: dict[str, dict[str, _Method]] = {}
-        if registry is not None:
-            self._shared["methods"] = _registry_methods(registry)
 
     async def __aenter__(self) -> BlazeClient:
         return self
@@ -189,7 +224,12 @@ class BlazeClient(_Options):
 
     def _get_channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=_CHANNEL_OPTIONS
+                )
         return self._channel
 
     async def _method(self, model: str) -> _Method:
@@ -269,13 +309,15 @@ class SyncBlazeClient(_Options):
         *,
         timeout: float | None = None,
         metadata: Metadata | None = None,
+        tls: bool | ClientTLS = False,
     ) -> None:
-        self.target = f"{host}:{port}"
-        self._set_options(timeout, metadata)
-        self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
-        self._shared: dict[str, dict[str, _Method]] = {}
-        if registry is not None:
-            self._shared["methods"] = _registry_methods(registry)
+        self._setup(host, port, registry, timeout, metadata, tls)
+        if self._credentials is None:
+            self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.secure_channel(
+                self.target, self._credentials, options=_CHANNEL_OPTIONS
+            )
 
     def __enter__(self) -> SyncBlazeClient:
         return self

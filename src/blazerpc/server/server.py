@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,13 +30,9 @@ class ServerTLS:
     client_ca_file: str | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
-        def read(path: str) -> bytes:
-            with open(path, "rb") as f:
-                return f.read()
-
-        ca = read(self.client_ca_file) if self.client_ca_file else None
+        ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
         return grpc.ssl_server_credentials(
-            [(read(self.key_file), read(self.cert_file))],
+            [(Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes())],
             root_certificates=ca,
             require_client_auth=ca is not None,
         )
