@@ -134,7 +134,13 @@ def stream_core(runner: ModelRunner, schema: Schema, policy: CallPolicy) -> Core
         try:
             # context.write waits for the transport, so a slow reader slows the generator.
             async for chunk in chunks:
-                await context.write(wrap(chunk).SerializeToString())
+                message = wrap(chunk).SerializeToString()
+                try:
+                    await context.write(message)
+                except Exception as exc:  # the call is over: the client left between chunks
+                    logger.debug("stream of model '%s' ended by the transport: %r", entry.name, exc)
+                    await _close(chunks)
+                    return
         except asyncio.CancelledError:  # the client left, its deadline passed, or shutdown
             await _close(chunks)
             raise
