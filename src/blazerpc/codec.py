@@ -8,10 +8,12 @@ numpy views of the received bytes, checked against the declared dtype and dims.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from .exceptions import ValidationError
@@ -222,30 +224,82 @@ def _is_plain(spec: Any) -> bool:
 
 
 class Codec:
-    """Converts between one message class and keyword arguments described by `fields`."""
+    """Converts between one message class and keyword arguments described by `fields`.
+
+    `decode(msg)` gives the keyword arguments of a parsed message and raises a ValidationError
+    naming the field; it is compiled per message type, with a fast path for plain scalars.
+    """
+
+    decode: Callable[[Message], dict[str, Any]]
 
     def __init__(self, cls: type[Message], fields: tuple[Field, ...]) -> None:
         self.cls = cls
         self.fields = fields
-        self._read = _message_reader(fields)
         self._fill = _message_filler(fields)
         # Messages of scalars, and lists and maps of them, go through protobuf's own constructor.
         self._constructor_ok = all(_is_plain(f.type) for f in fields)
+        read = _message_reader(fields)
+        self.decode = _fast_reader(fields) or (lambda msg: read(msg, ""))
 
     def wrap(self, value: Any) -> Message:
-        """The message of a single-field type (a response) holding `value`."""
-        if self._constructor_ok:
-            return self.cls(**{self.fields[0].name: value})
-        return self.encode({self.fields[0].name: value})
-
-    def decode(self, msg: Message) -> dict[str, Any]:
-        """Keyword arguments from a parsed message; raises ValidationError naming the field."""
-        return self._read(msg, "")
+        """The message of a single-field type (a response) holding `value`; a value of the
+        wrong type is a TypeError naming the field (the server's fault, so INTERNAL)."""
+        name = self.fields[0].name
+        try:
+            if self._constructor_ok:
+                return self.cls(**{name: value})
+            msg = self.cls()
+            self._fill(msg, {name: value})
+            return msg
+        except (TypeError, ValueError) as exc:
+            raise TypeError(self._mismatch(name, value, exc)) from None
 
     def encode(self, values: Mapping[str, Any]) -> Message:
-        """A message from keyword values (None and missing keys stay unset)."""
-        if self._constructor_ok:
-            return self.cls(**{k: v for k, v in values.items() if v is not None})
-        msg = self.cls()
-        self._fill(msg, values)
-        return msg
+        """A message from keyword values (None and missing keys stay unset); a value of the
+        wrong type is a ValidationError naming the field."""
+        try:
+            if self._constructor_ok:
+                return self.cls(**{k: v for k, v in values.items() if v is not None})
+            msg = self.cls()
+            self._fill(msg, values)
+            return msg
+        except (TypeError, ValueError) as exc:
+            name = next((k for k in values if self._fails(k, values[k])), None)
+            if name is None:
+                raise
+            raise ValidationError(self._mismatch(name, values[name], exc), field=name) from None
+
+    def _fails(self, name: str, value: Any) -> bool:
+        try:
+            self._fill(self.cls(), {name: value})
+        except (TypeError, ValueError):
+            return True
+        return False
+
+    def _mismatch(self, name: str, value: Any, exc: Exception) -> str:
+        field = self.cls.DESCRIPTOR.fields_by_name[name]
+        kind = field.message_type.name if field.message_type else _PROTO_TYPE_NAMES[field.type]
+        if field.is_repeated:
+            kind = f"repeated {kind}"
+        return f"field '{name}': expected {kind}, got {type(value).__name__} ({exc})"
+
+
+_PROTO_TYPE_NAMES = {
+    FieldDescriptor.TYPE_STRING: "string",
+    FieldDescriptor.TYPE_INT64: "int64",
+    FieldDescriptor.TYPE_DOUBLE: "double",
+    FieldDescriptor.TYPE_BOOL: "bool",
+    FieldDescriptor.TYPE_BYTES: "bytes",
+}
+
+
+def _fast_reader(fields: tuple[Field, ...]) -> Callable[[Message], dict[str, Any]] | None:
+    """For messages of required scalars only (the common case), read them in one C call."""
+    if not fields or not all(isinstance(f.type, Scalar) and not f.optional for f in fields):
+        return None
+    names = tuple(f.name for f in fields)
+    if len(names) == 1:
+        (name,) = names
+        return lambda msg: {name: getattr(msg, name)}
+    get = operator.attrgetter(*names)
+    return lambda msg: dict(zip(names, get(msg), strict=True))
