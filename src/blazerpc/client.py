@@ -185,12 +185,19 @@ class _Options:
         view._set_options(timeout, metadata)
         return view
 
-    def _model(self, methods: dict[str, _Method], model: str) -> _Method:
+    def _model(self, methods: dict[str, _Method], model: str, streaming: bool) -> _Method:
         method = methods.get(f"Predict{rpc_name(model)}")
         if method is None:
             raise ModelNotFoundError(
                 f"the server has no model '{model}'; it serves "
                 + (", ".join(sorted(m.removeprefix("Predict") for m in methods)) or "none")
+            )
+        if method.streaming != streaming:
+            call, other = ("stream", "predict") if method.streaming else ("predict", "stream")
+            raise BlazeRPCError(
+                f"model '{model}' is {'a streaming' if method.streaming else 'a unary'} model; "
+                f"call {call}('{model}', ...) instead of {other}()",
+                code=grpc.StatusCode.FAILED_PRECONDITION,
             )
         return method
 
@@ -232,7 +239,7 @@ class BlazeClient(_Options):
                 )
         return self._channel
 
-    async def _method(self, model: str) -> _Method:
+    async def _method(self, model: str, streaming: bool = False) -> _Method:
         methods = self._shared.get("methods")
         if methods is None:
             call = self._get_channel().stream_stream(_REFLECTION_METHOD)(
@@ -243,7 +250,7 @@ class BlazeClient(_Options):
             except grpc.RpcError as exc:
                 raise _error(exc) from None
             self._shared["methods"] = methods
-        return self._model(methods, model)
+        return self._model(methods, model, streaming)
 
     async def predict(self, model: str, /, **inputs: Any) -> Any:
         """Call a unary model and return its result."""
@@ -276,7 +283,7 @@ class _Stream:
     async def __anext__(self) -> Any:
         if self._call is None:
             client = self._client
-            self._method = await client._method(self._model)
+            self._method = await client._method(self._model, streaming=True)
             self._call = client._get_channel().unary_stream(self._method.path)(
                 self._method.encode(self._model, self._inputs),
                 timeout=client.timeout,
@@ -328,7 +335,7 @@ class SyncBlazeClient(_Options):
     def close(self) -> None:
         self._channel.close()
 
-    def _method(self, model: str) -> _Method:
+    def _method(self, model: str, streaming: bool = False) -> _Method:
         methods = self._shared.get("methods")
         if methods is None:
             call = self._channel.stream_stream(_REFLECTION_METHOD)
@@ -345,7 +352,7 @@ class SyncBlazeClient(_Options):
             except grpc.RpcError as exc:
                 raise _error(exc) from None
             self._shared["methods"] = methods
-        return self._model(methods, model)
+        return self._model(methods, model, streaming)
 
     def predict(self, model: str, /, **inputs: Any) -> Any:
         method = self._method(model)
@@ -358,7 +365,7 @@ class SyncBlazeClient(_Options):
         return method.decode(data)
 
     def stream(self, model: str, /, **inputs: Any) -> Iterator[Any]:
-        method = self._method(model)
+        method = self._method(model, streaming=True)
         call = self._channel.unary_stream(method.path)(
             method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
         )
