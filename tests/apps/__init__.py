@@ -1,0 +1,1 @@
+"""Small apps that subprocess tests load by import string (`tests.apps.NAME:app`)."""

@@ -1,0 +1,225 @@
+"""The `blaze` command as a user runs it: real processes, real ports."""
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+
+from blazerpc import SyncBlazeClient
+from blazerpc.cli import load_app
+
+from .processes import BLAZE, blaze_serve, exits_within, free_port, wait_serving
+
+APP_SOURCE = textwrap.dedent(
+    """
+    from collections.abc import Iterator
+
+    import numpy as np
+
+    from blazerpc import BlazeApp, TensorInput, TensorOutput
+
+    app = BlazeApp(name="cli-test")
+    not_an_app = {"models": []}
+
+    @app.model("shout", version="3")
+    async def shout(text: str) -> str:
+        return text.upper() + "!"
+
+    @app.model("count-up", version="2024.1", streaming=True)
+    def count_up(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    @app.model("double")
+    def double(x: TensorInput[np.float32, 3]) -> TensorOutput[np.float32, 3]:
+        return x * 2
+    """
+)
+
+
+def write_app(directory: Path, module: str = "cliapp") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{module}.py").write_text(APP_SOURCE)
+    return directory
+
+
+def call_app(port: int) -> tuple[str, list[int], list[float]]:
+    with SyncBlazeClient("127.0.0.1", port, timeout=10) as client:
+        return (
+            client.predict("shout", text="hi"),
+            list(client.stream("count-up", n=3)),
+            client.predict("double", x=np.array([1, 2, 3], np.float32)).tolist(),
+        )
+
+
+@pytest.mark.timeout(60)
+def test_serve_prints_the_banner_and_serves_from_the_current_dir(tmp_path: Path) -> None:
+    write_app(tmp_path)
+    port = free_port()
+    with blaze_serve("--port", str(port), app="cliapp:app", cwd=tmp_path) as proc:
+        wait_serving(port, proc)
+        assert call_app(port) == ("HI!", [0, 1, 2], [2.0, 4.0, 6.0])
+        proc.send_signal(signal.SIGTERM)
+        assert exits_within(proc, 15) == 0
+        output = proc.stdout.read() if proc.stdout else ""
+    assert "Traceback" not in output
+    lines = output.splitlines()
+
+    def line_of(model: str) -> str:
+        found = [line for line in lines if line.split()[:1] == [model]]
+        assert len(found) == 1, output
+        return found[0]
+
+    assert "3" in line_of("shout").split()[1]
+    assert "unary" in line_of("shout")
+    assert "streaming" not in line_of("shout")
+    assert "2024.1" in line_of("count-up")
+    assert "streaming" in line_of("count-up")
+    assert "1" in line_of("double").split()[1]
+    assert "unary" in line_of("double")
+    assert f"127.0.0.1:{port}" in output
+    # The banner comes before anything else the server says about the models.
+    assert output.index("shout") < output.index(f"127.0.0.1:{port}")
+
+
+@pytest.mark.timeout(60)
+def test_serve_with_app_dir(tmp_path: Path) -> None:
+    write_app(tmp_path / "apps", "elsewhere_app")
+    cwd = tmp_path / "somewhere_else"
+    cwd.mkdir()
+    port = free_port()
+    with blaze_serve(
+        "--port",
+        str(port),
+        "--app-dir",
+        str(tmp_path / "apps"),
+        app="elsewhere_app:app",
+        cwd=cwd,
+    ) as proc:
+        wait_serving(port, proc)
+        assert call_app(port)[0] == "HI!"
+
+
+def test_proto_with_app_dir_and_current_dir(tmp_path: Path) -> None:
+    write_app(tmp_path / "apps")
+    out = tmp_path / "out"
+    # From another directory, through --app-dir.
+    done = subprocess.run(
+        [BLAZE, "proto", "cliapp:app", "--app-dir", str(tmp_path / "apps"), "--output-dir", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    text = (out / "blaze_service.proto").read_text()
+    assert "rpc PredictShout(ShoutRequest) returns (ShoutResponse);" in text
+    assert "rpc PredictCountUp(CountUpRequest) returns (stream CountUpResponse);" in text
+    # From the app's own directory, without it.
+    done = subprocess.run(
+        [BLAZE, "proto", "cliapp:app", "--output-dir", str(tmp_path / "out2")],
+        cwd=tmp_path / "apps",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out2" / "blaze_service.proto").read_text() == text
+
+
+BAD_TARGETS = {
+    "no-colon": ("cliapp", "MODULE:ATTR"),
+    "empty-attr": ("cliapp:", "MODULE:ATTR"),
+    "empty-module": (":app", "MODULE:ATTR"),
+    "no-such-module": ("no_such_module_xyz:app", "no_such_module_xyz"),
+    "no-such-package": ("no_such_pkg_xyz.sub:app", "no_such_pkg_xyz"),
+    "missing-attribute": ("cliapp:missing_thing", "missing_thing"),
+    "not-a-blazeapp": ("cliapp:not_an_app", "BlazeApp"),
+}
+
+
+@pytest.mark.parametrize(("target", "says"), list(BAD_TARGETS.values()), ids=list(BAD_TARGETS))
+def test_load_app_failures_are_one_line_and_exit_status_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+    says: str,
+) -> None:
+    """Every way an import string can be wrong, in-process (the subprocess test samples them)."""
+    write_app(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_app adds the app dirs
+    monkeypatch.delitem(sys.modules, "cliapp", raising=False)
+    try:
+        with pytest.raises(typer.Exit) as info:
+            load_app(target)
+    finally:
+        sys.modules.pop("cliapp", None)
+    assert info.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert says in err
+
+
+SUBPROCESS_CASES = {
+    "serve": ["no-such-module", "not-a-blazeapp"],
+    "proto": ["missing-attribute"],
+}
+
+
+@pytest.mark.timeout(90)
+def test_bad_app_path_from_the_command_line(tmp_path: Path) -> None:
+    """`blaze serve` / `blaze proto` with a bad app: one line on stderr, status 2, no traceback."""
+    write_app(tmp_path)
+    port = str(free_port())
+    extra = {"serve": ["--host", "127.0.0.1", "--port", port], "proto": ["--output-dir", "o"]}
+    # All at once: each is a separate process.
+    procs = {
+        (command, case): subprocess.Popen(
+            [BLAZE, command, BAD_TARGETS[case][0], *extra[command]],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command, cases in SUBPROCESS_CASES.items()
+        for case in cases
+    }
+    for key, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"{key}: still running (did it start serving?)") from None
+        assert proc.returncode == 2, (key, out, err)
+        assert "Traceback" not in err + out, (key, err)
+        assert len(err.strip().splitlines()) == 1, (key, err)
+        assert BAD_TARGETS[key[1]][1] in err, (key, err)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.timeout(60)
+def test_port_in_use_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    write_app(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [BLAZE, "serve", "cliapp:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    # grpc's C core may log its own line first; ours is one line that names the address.
+    (ours,) = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert f"127.0.0.1:{port}" in ours
