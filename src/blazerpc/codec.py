@@ -59,17 +59,21 @@ def decode_tensor(proto: Any, spec: Tensor, path: str) -> np.ndarray:
 def _check_dims(
     shape: tuple[int, ...], dims: tuple[int | str, ...], path: str, error: Callable[..., Exception]
 ) -> None:
-    declared = "[" + ", ".join(map(str, dims)) + "]"
     if len(shape) != len(dims):
         raise error(
-            f"field '{path}': expected {len(dims)} dimensions {declared}, got shape {list(shape)}"
+            f"field '{path}': expected {len(dims)} dimensions {_declared(dims)}, "
+            f"got shape {list(shape)}"
         )
     for axis, (got, want) in enumerate(zip(shape, dims, strict=True)):
         if isinstance(want, int) and got != want:
             raise error(
-                f"field '{path}': dimension {axis} must be {want} (shape {declared}), "
+                f"field '{path}': dimension {axis} must be {want} (shape {_declared(dims)}), "
                 f"got shape {list(shape)}"
             )
+
+
+def _declared(dims: tuple[int | str, ...]) -> str:
+    return "[" + ", ".join(map(str, dims)) + "]"
 
 
 def fill_tensor(proto: Any, value: Any, spec: Tensor, path: str = "result") -> None:
