@@ -159,8 +159,11 @@ class BlazeApp:
         *,
         tls: ServerTLS | None = None,
         reuse_port: bool = False,
+        http_port: int | None = None,
     ) -> Server:
         """Start serving in the background; `port=0` picks a free port (see `server.port`).
+        With `http_port`, KServe v2 REST and JSON-RPC are served there too (0 picks a free
+        one, see `server.http_port`); KServe v2 gRPC always shares the gRPC port.
 
         Returns once start-up hooks have run and the server admits calls.
         """
@@ -187,6 +190,7 @@ class BlazeApp:
             reuse_port=reuse_port,
             on_stop=lambda: self._run_hooks(self._shutdown),
             batch_observer=BatchMetrics if with_metrics else None,
+            http_port=http_port,
         )
         try:
             await self._run_hooks(self._startup)
@@ -205,6 +209,7 @@ class BlazeApp:
         tls: ServerTLS | None = None,
         reuse_port: bool = False,
         on_ready: Callable[[], Any] | None = None,
+        http_port: int | None = None,
     ) -> None:
         """Serve until SIGINT or SIGTERM, then drain calls in flight for up to `grace_period`:
         health turns NOT_SERVING, new calls get UNAVAILABLE, calls in flight complete."""
@@ -213,7 +218,9 @@ class BlazeApp:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
         try:
-            server = await self.start(host, port, tls=tls, reuse_port=reuse_port)
+            server = await self.start(
+                host, port, tls=tls, reuse_port=reuse_port, http_port=http_port
+            )
             if on_ready is not None:
                 on_ready()
             await stopping.wait()

@@ -70,7 +70,15 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
-def banner(app: BlazeApp, host: str, port: int, *, workers: int = 1, tls: bool = False) -> str:
+def banner(
+    app: BlazeApp,
+    host: str,
+    port: int,
+    *,
+    workers: int = 1,
+    tls: bool = False,
+    http_port: int | None = None,
+) -> str:
     """Each model with its version and how it runs, then where the server listens."""
     lines = [f"BlazeRPC '{app.name}' serving {len(app.registry)} model(s):"]
     for m in app.registry:
@@ -83,7 +91,12 @@ def banner(app: BlazeApp, host: str, port: int, *, workers: int = 1, tls: bool =
         lines.append(f"  {m.name:<24} v{m.version:<6} {mode}")
     scheme = "gRPC with TLS" if tls else "gRPC"
     procs = f", {workers} workers" if workers > 1 else ""
-    lines.append(f"listening on {host}:{port} ({scheme}{procs}; health and reflection enabled)")
+    lines.append(
+        f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; "
+        "health and reflection enabled)"
+    )
+    if http_port is not None:
+        lines.append(f"HTTP on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
     return "\n".join(lines)
 
 
@@ -102,6 +115,9 @@ def serve(
     ] = 30.0,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="Serve KServe v2 REST and JSON-RPC on this port")
     ] = None,
     max_message_mb: Annotated[
         float | None, typer.Option(help="Largest message accepted or sent [default: 64]")
@@ -129,9 +145,10 @@ def serve(
         tls,
         metrics_port,
         max_message_mb,
+        options={} if http_port is None else {"http_port": http_port},
     )
     app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
-    typer.echo(banner(app, host, port, workers=workers, tls=tls is not None))
+    typer.echo(banner(app, host, port, workers=workers, tls=tls is not None, http_port=http_port))
     try:
         if reload:
             serve_with_reload(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ..exceptions import ConfigurationError
+from ..protocols.http import HttpServer, start_http_server
+from ..protocols.kserve_grpc import add_kserve_service
 from ..runtime.batcher import BatchObserver, BatchSettings, BatchStats
 from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
@@ -81,8 +84,11 @@ class Server:
         runners: dict[str, ModelRunner],
         policy: CallPolicy,
         on_stop: Hook | None = None,
+        http: HttpServer | None = None,
     ) -> None:
         self.port = port
+        self.http_port = http.port if http is not None else None
+        self._http = http
         self.runners = runners
         self.health = health
         self._grpc = grpc_server
@@ -114,7 +120,10 @@ class Server:
         self._policy.gate.close("the server is shutting down")
         await self.health.set_all(NOT_SERVING)
         try:
-            await self._grpc.stop(grace)
+            stopping = [self._grpc.stop(grace)]
+            if self._http is not None:
+                stopping.append(self._http.stop(grace))
+            await asyncio.gather(*stopping)
         finally:
             for runner in self.runners.values():
                 await runner.stop()
@@ -140,6 +149,7 @@ async def start_server(
     reuse_port: bool = False,
     on_stop: Hook | None = None,
     batch_observer: Callable[[str], BatchObserver] | None = None,
+    http_port: int | None = None,
 ) -> Server:
     """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
     executor = Executor(max_threads)
@@ -156,6 +166,7 @@ async def start_server(
     )
     health = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    add_kserve_service(server, runners, policy)
     enable_reflection(server, schema)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -167,7 +178,17 @@ async def start_server(
         raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
     if bound == 0:
         raise ConfigurationError(f"cannot listen on {address}")
+    http = None
+    if http_port is not None:
+        http = await start_http_server(
+            runners,
+            policy,
+            host=host,
+            port=http_port,
+            max_body_bytes=limits.max_message_bytes,
+            reuse_port=reuse_port,
+        )
     for runner in runners.values():
         runner.start()
     await server.start()
-    return Server(server, bound, health, executor, runners, policy, on_stop)
+    return Server(server, bound, health, executor, runners, policy, on_stop, http)

@@ -1,0 +1,84 @@
+"""The HTTP server that carries KServe v2 REST and JSON-RPC, started and stopped with the
+gRPC server and calling the same runners.
+
+It is aiohttp: it runs on the event loop grpc.aio already uses, so one process has one loop
+and one set of runners (and batchers) for every protocol; it parses HTTP in C (llhttp) and
+streams responses, which server-sent events need; and aio-libs keep it maintained. An ASGI
+stack (uvicorn plus a framework) would add a layer per request and wants to own the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..exceptions import ConfigurationError
+from ..runtime.runner import ModelRunner
+from ..server.handlers import CallPolicy
+
+
+class HttpServer:
+    """A running HTTP server: its bound `port`, and `stop()`."""
+
+    def __init__(self, runner: Any, port: int, in_flight: set[asyncio.Task[Any]]) -> None:
+        self._runner = runner
+        self._in_flight = in_flight
+        self.port = port
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop listening, let requests in flight (event streams too) finish within `grace`
+        seconds (None: however long they take), cancel the rest, close every connection."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        if self._in_flight:
+            _, late = await asyncio.wait(set(self._in_flight), timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await self._runner.cleanup()
+
+
+async def start_http_server(
+    runners: dict[str, ModelRunner],
+    policy: CallPolicy,
+    *,
+    host: str,
+    port: int,
+    max_body_bytes: int,
+    reuse_port: bool = False,
+) -> HttpServer:
+    """Listen on `host:port` (0 picks a free port) for KServe REST and JSON-RPC; calls go
+    through the same call policy (gate, middleware) as gRPC ones."""
+    try:
+        from aiohttp import web
+    except ImportError:
+        raise ConfigurationError(
+            "serving HTTP needs aiohttp: pip install 'blazerpc[http]'"
+        ) from None
+    from .jsonrpc import add_jsonrpc_routes
+    from .kserve_rest import add_kserve_routes
+
+    # The handlers running now, so stop() gives them the gRPC calls' grace period and no more
+    # (aiohttp's own shutdown waits up to twice its timeout for a response that never ends).
+    in_flight: set[asyncio.Task[Any]] = set()
+
+    @web.middleware
+    async def track(request: web.Request, handler: Any) -> web.StreamResponse:
+        task = asyncio.current_task()
+        in_flight.add(task)  # type: ignore[arg-type]
+        try:
+            return await handler(request)
+        finally:
+            in_flight.discard(task)  # type: ignore[arg-type]
+
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[track])
+    add_kserve_routes(app, runners, policy)
+    add_jsonrpc_routes(app, runners, policy)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigurationError(f"cannot listen on {host}:{port} for HTTP: {exc}") from None
+    return HttpServer(runner, runner.addresses[0][1], in_flight)

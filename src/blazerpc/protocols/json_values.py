@@ -1,0 +1,188 @@
+"""Python values <-> JSON, following the model's field specs; built once per model.
+
+The JSON forms are the reference implementation's: a tensor is
+`{"shape": [...], "dtype": "float", "data": "<base64 of little-endian bytes>"}`, bytes are
+base64 strings, dataclasses and maps are objects. Tensors go through codec's `decode_tensor`
+and `fill_tensor`, so they are checked exactly as native TensorProtos are; every error names
+the field as the native path does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..codec import decode_tensor, fill_tensor
+from ..exceptions import ValidationError
+from ..types import Field, ListOf, MapOf, Scalar, Tensor, TypeSpec
+from .wire import WireTensor
+
+Decode = Callable[[Any, str], Any]
+Encode = Callable[[Any], Any]
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", int: "an integer", float: "a number", list: "an array"}.get(
+        type(value), "an object"
+    )
+
+
+def _wrong(path: str, expected: str, value: Any) -> ValidationError:
+    return ValidationError(f"field '{path}': expected {expected}, got {_kind(value)}", field=path)
+
+
+def _base64(value: Any, path: str) -> bytes:
+    if not isinstance(value, str):
+        raise _wrong(path, "a base64 string", value)
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValidationError(f"field '{path}': not valid base64: {exc}", field=path) from None
+
+
+def _scalar_decoder(py: type) -> Decode:
+    if py is bytes:
+        return _base64
+    if py is float:
+
+        def number(value: Any, path: str) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _wrong(path, "a number", value)
+            return float(value)
+
+        return number
+
+    def exact(value: Any, path: str) -> Any:
+        # bool is an int in Python, never in JSON
+        if not isinstance(value, py) or (py is int and isinstance(value, bool)):
+            raise _wrong(path, _JSON_NAMES[py], value)
+        return value
+
+    return exact
+
+
+def _tensor_decoder(spec: Tensor) -> Decode:
+    def tensor(value: Any, path: str) -> Any:
+        if not isinstance(value, dict) or not {"shape", "dtype", "data"} <= value.keys():
+            raise _wrong(path, 'a tensor object {"shape", "dtype", "data"}', value)
+        shape, dtype = value["shape"], value["dtype"]
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
+            raise _wrong(f"{path}.shape", "an array of integers", shape)
+        if not isinstance(dtype, str):
+            raise _wrong(f"{path}.dtype", "a string", dtype)
+        data = _base64(value["data"], f"{path}.data")
+        return decode_tensor(WireTensor(shape, dtype, data), spec, path)
+
+    return tensor
+
+
+def decoder(spec: TypeSpec) -> Decode:
+    """How to turn one JSON value into the Python value `spec` describes."""
+    if isinstance(spec, Scalar):
+        return _scalar_decoder(spec.py)
+    if isinstance(spec, Tensor):
+        return _tensor_decoder(spec)
+    if isinstance(spec, ListOf):
+        item = decoder(spec.item)
+
+        def items(value: Any, path: str) -> list[Any]:
+            if not isinstance(value, list):
+                raise _wrong(path, "an array", value)
+            return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+        return items
+    if isinstance(spec, MapOf):
+        entry, int_keys = decoder(spec.value), spec.key is int
+
+        def entries(value: Any, path: str) -> dict[Any, Any]:
+            if not isinstance(value, dict):
+                raise _wrong(path, "an object", value)
+            out = {}
+            for key, v in value.items():
+                if int_keys:
+                    try:
+                        key = int(key)
+                    except ValueError:
+                        raise ValidationError(
+                            f"field '{path}': key {key!r} is not an integer", field=path
+                        ) from None
+                out[key] = entry(v, f"{path}[{key!r}]")
+            return out
+
+        return entries
+    read = fields_decoder(spec.fields)
+    return lambda value, path: spec.cls(**read(value, path + "."))
+
+
+def fields_decoder(fields: tuple[Field, ...]) -> Callable[[Any, str], dict[str, Any]]:
+    """An object's fields as keyword arguments: null or absent takes the default, a required
+    field missing or an unknown one is an error naming it."""
+    decoders = {f.name: (f, decoder(f.type)) for f in fields}
+
+    def read(value: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _wrong(prefix.rstrip(".") or "params", "an object", value)
+        unknown = [k for k in value if k not in decoders]
+        if unknown:
+            raise ValidationError(
+                f"unknown field '{prefix}{unknown[0]}'; the fields are: "
+                + (", ".join(decoders) or "none"),
+                field=prefix + unknown[0],
+            )
+        out = {}
+        for name, (field, decode) in decoders.items():
+            item = value.get(name)
+            if item is not None:
+                out[name] = decode(item, prefix + name)
+            elif field.has_default:
+                out[name] = field.default
+            else:
+                raise ValidationError(
+                    f"missing required field '{prefix}{name}'", field=prefix + name
+                )
+        return out
+
+    return read
+
+
+def encoder(spec: TypeSpec) -> Encode:
+    """How to turn a model's Python value into JSON."""
+    if isinstance(spec, Scalar):
+        if spec.py is bytes:
+            return lambda value: base64.b64encode(value).decode()
+        return spec.py  # int(), float(), bool(), str() also turn numpy scalars into JSON ones
+    if isinstance(spec, Tensor):
+
+        def tensor(value: Any) -> dict[str, Any]:
+            wire = WireTensor([])
+            fill_tensor(wire, value, spec)
+            return {
+                "shape": list(wire.shape),
+                "dtype": wire.dtype,
+                "data": base64.b64encode(wire.data).decode(),
+            }
+
+        return tensor
+    if isinstance(spec, ListOf):
+        item = encoder(spec.item)
+        return lambda value: [item(v) for v in value]
+    if isinstance(spec, MapOf):
+        entry = encoder(spec.value)
+        return lambda value: {str(k): entry(v) for k, v in value.items()}
+    fields = [(f.name, encoder(f.type)) for f in spec.fields]
+
+    def struct(value: Any) -> dict[str, Any]:
+        get = value.get if isinstance(value, Mapping) else lambda k: getattr(value, k, None)
+        return {name: enc(v) for name, enc in fields if (v := get(name)) is not None}
+
+    return struct

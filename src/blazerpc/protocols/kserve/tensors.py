@@ -1,0 +1,279 @@
+"""How model parameters and results travel as KServe v2 tensors, checked as the native path
+checks them.
+
+A parameter is one input tensor of its own name and the result is the output `result`.
+Tensors keep their dtype and dims (a symbolic dim is -1 in metadata); Python scalars are
+shape [1] tensors and lists of scalars 1-D tensors; str and bytes travel as BYTES. Numeric data
+goes through codec's `decode_tensor` and `fill_tensor`, so dims, sizes and casts follow exactly
+the native rules whichever protocol carried the tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...codec import decode_tensor, fill_tensor
+from ...exceptions import ValidationError
+from ...types import Field, ListOf, MapOf, Scalar, Struct, Tensor
+from ..wire import WireTensor
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
+_SCALAR_DATATYPES = {bool: "BOOL", int: "INT64", float: "FP64", str: "BYTES", bytes: "BYTES"}
+
+# Where typed (non-raw) contents of each datatype live in InferTensorContents; FP16 has no
+# field, so it only ever travels raw.
+CONTENTS_FIELDS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+# numpy kinds a typed or JSON element list may hold for each target kind (no float -> int).
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "fiu"}
+
+
+class Unsupported(Exception):
+    """A parameter or result whose type has no KServe tensor form (dataclass, dict, ...)."""
+
+
+def _describe(spec: Any) -> str:
+    if isinstance(spec, Struct):
+        return f"a {spec.cls.__name__} dataclass"
+    if isinstance(spec, MapOf):
+        return "a dict"
+    return "a list of tensors or dataclasses"
+
+
+def split_bytes(data: bytes | memoryview, name: str) -> list[bytes]:
+    """BYTES elements from their raw form: each a 4-byte little-endian length, then the bytes."""
+    view, items, pos = memoryview(data), [], 0
+    while pos < len(view):
+        if pos + 4 > len(view):
+            raise ValidationError(
+                f"input '{name}': BYTES data ends inside an element's 4-byte length", field=name
+            )
+        (size,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        if pos + size > len(view):
+            raise ValidationError(
+                f"input '{name}': a BYTES element claims {size} bytes, only "
+                f"{len(view) - pos} remain",
+                field=name,
+            )
+        items.append(bytes(view[pos : pos + size]))
+        pos += size
+    return items
+
+
+def join_bytes(items: Sequence[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def _utf8(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"a BYTES element must be str or bytes, got {type(value).__name__}")
+
+
+def _tensor_kind(spec: Any) -> tuple[str, type | None, Tensor]:
+    """('tensor' | 'scalar' | 'list', the Python scalar type, the Tensor spec to check with)."""
+    if isinstance(spec, Tensor):
+        return "tensor", None, spec
+    if isinstance(spec, Scalar):
+        return "scalar", spec.py, _scalar_tensor(spec.py)
+    if isinstance(spec, ListOf) and isinstance(spec.item, Scalar):
+        return "list", spec.item.py, _scalar_tensor(spec.item.py)
+    raise Unsupported(_describe(spec))
+
+
+def _scalar_tensor(py: type) -> Tensor:
+    datatype = _SCALAR_DATATYPES[py]
+    return Tensor(DATATYPES.get(datatype), None)
+
+
+class _TensorForm:
+    """How a parameter's or a result's type travels as a KServe tensor."""
+
+    def __init__(self, spec: Any) -> None:
+        self._kind, self._py, self._tensor = _tensor_kind(spec)
+        self._dtype = self._tensor.dtype
+        if self._kind == "tensor":
+            self.datatype = _DATATYPE_OF[self._dtype]
+            self.shape = [-1 if isinstance(d, str) else d for d in self._tensor.dims or ()]
+        else:
+            self.datatype = _SCALAR_DATATYPES[self._py]  # type: ignore[index]
+            self.shape = [1] if self._kind == "scalar" else [-1]
+
+
+class InputSpec(_TensorForm):
+    """One model parameter as a KServe input tensor: its metadata, and how a received tensor
+    is checked and turned into the keyword argument."""
+
+    def __init__(self, field: Field) -> None:
+        try:
+            super().__init__(field.type)
+        except Unsupported as exc:
+            raise Unsupported(f"parameter '{field.name}' is {exc}") from None
+        self.name = field.name
+        self.required = not field.has_default
+        self.default = field.default
+        self._wire_dtype = self._tensor.wire_dtype
+
+    def _check_datatype(self, datatype: str) -> None:
+        if datatype != self.datatype:
+            raise ValidationError(
+                f"input '{self.name}': expected datatype {self.datatype}, got '{datatype}'",
+                field=self.name,
+            )
+
+    def from_raw(self, datatype: str, shape: Sequence[int], data: bytes | memoryview) -> Any:
+        """The argument from a raw tensor (raw_input_contents, or the binary extension)."""
+        self._check_datatype(datatype)
+        if self._dtype is None:
+            return self._from_items(shape, split_bytes(data, self.name))
+        wire = WireTensor(shape, self._wire_dtype, data)  # type: ignore[arg-type]
+        return self._from_array(decode_tensor(wire, self._tensor, self.name), shape)
+
+    def from_values(self, datatype: str, shape: Sequence[int], values: Any) -> Any:
+        """The argument from an element list: typed contents, or a JSON `data` array (nested
+        row-major lists are fine). `values` is None where the datatype only travels raw."""
+        self._check_datatype(datatype)
+        if values is None:
+            raise ValidationError(
+                f"input '{self.name}': {datatype} data travels only as raw bytes "
+                "(raw_input_contents, or binary data over HTTP)",
+                field=self.name,
+            )
+        if self._dtype is None:
+            return self._from_items(shape, [_element(v, self.name) for v in _flat(values)])
+        arr = self._array(values, datatype)
+        expected = math.prod(shape)
+        if arr.size != expected:
+            raise ValidationError(
+                f"input '{self.name}': shape {list(shape)} needs {expected} elements, "
+                f"got {arr.size}",
+                field=self.name,
+            )
+        return self.from_raw(datatype, shape, arr.tobytes())
+
+    def _array(self, values: Any, datatype: str) -> np.ndarray:
+        try:
+            inferred = np.asarray(values)
+            if inferred.size and inferred.dtype.kind not in _ACCEPTED_KINDS[self._dtype.kind]:  # type: ignore[union-attr]
+                raise ValueError(f"{inferred.dtype.name} elements")
+            return np.asarray(values, dtype=self._dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ValidationError(
+                f"input '{self.name}': data does not fit datatype {datatype}: {exc}",
+                field=self.name,
+            ) from None
+
+    def _check_count(self, shape: Sequence[int], count: int) -> None:
+        what = f"a {self._py.__name__}" if self._kind == "scalar" else "a list"  # type: ignore[union-attr]
+        form = "of shape [1]" if self._kind == "scalar" else "of one dimension"
+        if (self._kind == "scalar" and count != 1) or (self._kind == "list" and len(shape) != 1):
+            raise ValidationError(
+                f"input '{self.name}': {what} travels as a {self.datatype} tensor {form}, "
+                f"got shape {list(shape)}",
+                field=self.name,
+            )
+
+    def _from_array(self, arr: np.ndarray, shape: Sequence[int]) -> Any:
+        if self._kind == "tensor":
+            return arr
+        self._check_count(shape, arr.size)
+        return arr.item() if self._kind == "scalar" else arr.tolist()
+
+    def _from_items(self, shape: Sequence[int], items: list[bytes]) -> Any:
+        if any(d < 0 for d in shape) or math.prod(shape) != len(items):
+            raise ValidationError(
+                f"input '{self.name}': shape {list(shape)} does not match the "
+                f"{len(items)} BYTES elements sent",
+                field=self.name,
+            )
+        self._check_count(shape, len(items))
+        if self._py is str:
+            try:
+                items = [item.decode() for item in items]  # type: ignore[misc]
+            except UnicodeDecodeError as exc:
+                raise ValidationError(
+                    f"input '{self.name}': a str must be UTF-8: {exc}", field=self.name
+                ) from None
+        return items[0] if self._kind == "scalar" else items
+
+
+def _flat(values: Any) -> list[Any]:
+    """Row-major elements of a possibly nested list (JSON allows either form)."""
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, list):
+            out.extend(_flat(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _element(value: Any, name: str) -> bytes:
+    try:
+        return _utf8(value)
+    except TypeError as exc:
+        raise ValidationError(f"input '{name}': {exc}", field=name) from None
+
+
+class OutputSpec(_TensorForm):
+    """The model's result as the KServe output tensor `result`."""
+
+    name = "result"
+
+    def __init__(self, field: Field) -> None:
+        try:
+            super().__init__(field.type)
+        except Unsupported as exc:
+            raise Unsupported(f"its result is {exc}") from None
+
+    def encode(self, value: Any) -> tuple[list[int], bytes]:
+        """The result's shape and raw bytes (the protocol's canonical form)."""
+        if self._kind == "tensor":
+            wire = WireTensor([])
+            fill_tensor(wire, value, self._tensor)
+            return list(wire.shape), bytes(wire.data)
+        items = [value] if self._kind == "scalar" else list(value)
+        if self._dtype is None:
+            return [len(items)], join_bytes([_utf8(v) for v in items])
+        return [len(items)], np.asarray(items, dtype=self._dtype).tobytes()
+
+    def elements(self, data: bytes) -> list[Any]:
+        """The flat element list of raw `data`, for typed contents and JSON."""
+        if self._dtype is None:
+            return split_bytes(data, self.name)  # type: ignore[return-value]
+        return np.frombuffer(data, self._dtype).tolist()
