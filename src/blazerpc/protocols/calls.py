@@ -7,23 +7,15 @@ inside, so middleware sees the status a validation or encoding failure ends with
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from grpc import StatusCode
-
-from ..exceptions import RPCError, status_of
 from ..injection import Context, injector
 from ..runtime.runner import ModelRunner
-from ..server.handlers import CallPolicy
-from ..server.middleware import RequestEvent, ResponseEvent
-
-logger = logging.getLogger("blazerpc.server")
+from ..server.middleware import RequestEvent
+from ..server.policy import CallPolicy
 
 
 @dataclass(frozen=True)
@@ -41,46 +33,18 @@ class ModelCalls:
 
     def __init__(self, runner: ModelRunner, policy: CallPolicy) -> None:
         self.runner = runner
-        self._gate, self._middleware = policy.gate, policy.middleware
-        self._state = policy.app_state
+        self._policy = policy
         injected = runner.entry.signature.injected
         self._inject = injector(injected) if injected else None
-        self._plain = not self._middleware and self._inject is None
+        self._plain = not policy.middleware and self._inject is None
 
-    def _admit(self) -> None:
-        if self._gate.reason is not None:
-            raise RPCError(StatusCode.UNAVAILABLE, self._gate.reason)
-
-    @asynccontextmanager
-    async def _observed(self, caller: Caller) -> AsyncIterator[None]:
-        """The gate and middleware around a call, as the native handler applies them."""
-        event = RequestEvent(caller.method, caller.metadata, caller.peer)
-        start, status = time.perf_counter(), StatusCode.OK
-        try:
-            self._admit()
-            for m in self._middleware:
-                await m.on_request(event)
-            yield
-        except asyncio.CancelledError:
-            status = StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            status = status_of(exc)[0]
-            raise
-        finally:
-            done = ResponseEvent(
-                caller.method, caller.metadata, caller.peer, status, time.perf_counter() - start
-            )
-            for m in reversed(self._middleware):
-                try:
-                    await m.on_response(done)
-                except Exception:
-                    logger.exception("middleware %r failed in on_response", m)
+    def _observed(self, caller: Caller) -> AbstractAsyncContextManager[None]:
+        return self._policy.observed(RequestEvent(caller.method, caller.metadata, caller.peer))
 
     async def _arguments(self, decode: Callable[[], dict[str, Any]], caller: Caller) -> Any:
         kwargs = decode()
         if self._inject is not None:
-            context = Context(caller.metadata, caller.peer, caller.method, self._state)
+            context = Context(caller.metadata, caller.peer, caller.method, self._policy.app_state)
             kwargs.update(await self._inject(context))
         return kwargs
 
@@ -93,7 +57,7 @@ class ModelCalls:
     ) -> Any:
         """`encode(model(**decode()))`; `caller()` is only asked for when something uses it."""
         if self._plain:
-            self._admit()
+            self._policy.gate.admit()
             return encode(await self.runner.predict(decode(), timeout))
         who = caller()
         async with self._observed(who):

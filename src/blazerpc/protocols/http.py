@@ -14,7 +14,7 @@ from typing import Any
 
 from ..exceptions import ConfigurationError
 from ..runtime.runner import ModelRunner
-from ..server.handlers import CallPolicy
+from ..server.policy import CallPolicy
 
 
 class HttpServer:

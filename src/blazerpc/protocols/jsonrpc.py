@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..exceptions import status_of
 from ..runtime.runner import ModelRunner
-from ..server.handlers import CallPolicy
+from ..server.policy import CallPolicy
 from .calls import Caller, ModelCalls
 from .json_values import Encode, encoder, fields_decoder
 

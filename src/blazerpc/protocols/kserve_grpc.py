@@ -18,8 +18,8 @@ from google.protobuf.message import DecodeError
 
 from ..exceptions import SerializationError, ValidationError, status_of
 from ..runtime.runner import ModelRunner
-from ..server.handlers import CallPolicy
 from ..server.middleware import lower_keys
+from ..server.policy import CallPolicy
 from .calls import Caller
 from .kserve import messages as pb
 from .kserve.model import KServeModel, find, kserve_models, server_metadata

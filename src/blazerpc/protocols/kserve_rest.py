@@ -18,7 +18,7 @@ from grpc import StatusCode
 
 from ..exceptions import ValidationError, status_of
 from ..runtime.runner import ModelRunner
-from ..server.handlers import CallPolicy
+from ..server.policy import CallPolicy
 from .calls import Caller
 from .kserve.model import KServeModel, find, kserve_models, server_metadata
 

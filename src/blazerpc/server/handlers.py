@@ -10,48 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from ..codec import Codec
-from ..exceptions import RPCError, SerializationError, status_of
+from ..exceptions import SerializationError, status_of
 from ..injection import Context, injector
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import Schema
-from .middleware import Middleware, RequestEvent, ResponseEvent, lower_keys
+from .middleware import RequestEvent, lower_keys
+from .policy import CallPolicy
 
 logger = logging.getLogger("blazerpc.server")
 
 ServicerContext = grpc.aio.ServicerContext
 Core = Callable[[bytes, ServicerContext], Awaitable[Any]]
-
-
-class Gate:
-    """Whether model calls are admitted: closed (with a reason) while starting and draining."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = "the server is starting up"
-
-    def open(self) -> None:
-        self.reason = None
-
-    def close(self, reason: str) -> None:
-        self.reason = reason
-
-
-@dataclass
-class CallPolicy:
-    """What applies to every model call on this server, whichever model it is."""
-
-    gate: Gate = field(default_factory=Gate)
-    middleware: list[Middleware] = field(default_factory=list)
-    app_state: Any = None
 
 
 def _parser(entry: ModelEntry, schema: Schema) -> Callable[[bytes], dict[str, Any]]:
@@ -160,47 +137,28 @@ async def _abort(context: ServicerContext, entry: ModelEntry, exc: BaseException
 
 def _serve(core: Core, entry: ModelEntry, policy: CallPolicy) -> Core:
     """The core with the gate, error mapping and (only if any) middleware around it."""
-    gate, middleware = policy.gate, policy.middleware
+    gate = policy.gate
 
-    if not middleware:
+    if not policy.middleware:
 
         async def handle(request: bytes, context: ServicerContext) -> Any:
             try:
-                if gate.reason is not None:
-                    raise RPCError(grpc.StatusCode.UNAVAILABLE, gate.reason)
+                gate.admit()
                 return await core(request, context)
             except Exception as exc:
                 await _abort(context, entry, exc)
 
         return handle
 
-    method, outward = entry.method, middleware[::-1]
+    method, observed = entry.method, policy.observed
 
     async def handle_observed(request: bytes, context: ServicerContext) -> Any:
         event = RequestEvent(method, lower_keys(context.invocation_metadata()), context.peer())
-        start = time.perf_counter()
-        status = grpc.StatusCode.OK
         try:
-            if gate.reason is not None:
-                raise RPCError(grpc.StatusCode.UNAVAILABLE, gate.reason)
-            for m in middleware:
-                await m.on_request(event)
-            return await core(request, context)
-        except asyncio.CancelledError:
-            status = grpc.StatusCode.CANCELLED
-            raise
+            async with observed(event):
+                return await core(request, context)
         except Exception as exc:
-            status = status_of(exc)[0]
             await _abort(context, entry, exc)
-        finally:
-            done = ResponseEvent(
-                event.method_name, event.metadata, event.peer, status, time.perf_counter() - start
-            )
-            for m in outward:
-                try:
-                    await m.on_response(done)
-                except Exception:
-                    logger.exception("middleware %r failed in on_response", m)
 
     return handle_observed
 

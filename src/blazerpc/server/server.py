@@ -19,8 +19,9 @@ from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import SERVICE_FULL_NAME, Schema
-from .handlers import CallPolicy, model_handlers
+from .handlers import model_handlers
 from .health import NOT_SERVING, SERVING, Health
+from .policy import CallPolicy
 from .reflection import enable_reflection
 
 

@@ -9,7 +9,7 @@ from grpc import StatusCode
 
 from ...exceptions import ModelNotFoundError, RPCError, ValidationError
 from ...runtime.runner import ModelRunner
-from ...server.handlers import CallPolicy
+from ...server.policy import CallPolicy
 from ..calls import ModelCalls
 from .tensors import InputSpec, OutputSpec, Unsupported
 

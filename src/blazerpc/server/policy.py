@@ -1,0 +1,71 @@
+"""What every model call goes through, whichever protocol carries it: the admission gate
+(UNAVAILABLE while starting or draining) and the middleware chain around the call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpc import StatusCode
+
+from ..exceptions import RPCError, status_of
+from .middleware import Middleware, RequestEvent, ResponseEvent
+
+logger = logging.getLogger("blazerpc.server")
+
+
+class Gate:
+    """Whether model calls are admitted: closed (with a reason) while starting and draining."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = "the server is starting up"
+
+    def open(self) -> None:
+        self.reason = None
+
+    def close(self, reason: str) -> None:
+        self.reason = reason
+
+    def admit(self) -> None:
+        if self.reason is not None:
+            raise RPCError(StatusCode.UNAVAILABLE, self.reason)
+
+
+@dataclass
+class CallPolicy:
+    """What applies to every model call on this server, whichever model it is."""
+
+    gate: Gate = field(default_factory=Gate)
+    middleware: list[Middleware] = field(default_factory=list)
+    app_state: Any = None
+
+    @asynccontextmanager
+    async def observed(self, event: RequestEvent) -> AsyncIterator[None]:
+        """The gate and middleware around one call: `on_request` in order (any may reject it),
+        then the call, then `on_response` in reverse order with the status it ended with."""
+        start, status = time.perf_counter(), StatusCode.OK
+        try:
+            self.gate.admit()
+            for m in self.middleware:
+                await m.on_request(event)
+            yield
+        except asyncio.CancelledError:
+            status = StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            status = status_of(exc)[0]
+            raise
+        finally:
+            done = ResponseEvent(
+                event.method_name, event.metadata, event.peer, status, time.perf_counter() - start
+            )
+            for m in reversed(self.middleware):
+                try:
+                    await m.on_response(done)
+                except Exception:
+                    logger.exception("middleware %r failed in on_response", m)
