@@ -173,6 +173,10 @@ class BlazeApp:
                 middleware.insert(0, MetricsMiddleware())
             serve_metrics(self.metrics_port, host)
         with_metrics = any(isinstance(m, MetricsMiddleware) for m in middleware)
+        if reuse_port:
+            # A worker sharing the port loads before it binds: once bound, the kernel hands
+            # it new connections, and the other workers are serving them meanwhile.
+            await self._run_hooks(self._startup)
         server = await start_server(
             self.registry.list_models(),
             self.schema,
@@ -193,7 +197,8 @@ class BlazeApp:
             http_port=http_port,
         )
         try:
-            await self._run_hooks(self._startup)
+            if not reuse_port:
+                await self._run_hooks(self._startup)
         except BaseException:
             await server.stop(grace=0)
             raise

@@ -33,6 +33,9 @@ _MAX_MESSAGE = 64 * 1024 * 1024
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", _MAX_MESSAGE),
     ("grpc.max_send_message_length", _MAX_MESSAGE),
+    # Each client its own connection: grpcio otherwise shares one per process and address,
+    # and servers with several workers (or replicas behind an L4 balancer) spread connections.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 

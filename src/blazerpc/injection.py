@@ -56,7 +56,9 @@ def injector(injected: Mapping[str, Any]) -> Callable[[Context], Awaitable[dict[
             elif marker.is_async:
                 values[name] = await marker.dependency(context)
             else:
-                values[name] = marker.dependency(context)
+                value = marker.dependency(context)
+                # e.g. an object with `async def __call__`, which is no coroutine function
+                values[name] = await value if inspect.isawaitable(value) else value
         return values
 
     return resolve

@@ -92,11 +92,18 @@ class BatchMetrics:
             self._wait.observe(wait)
 
 
+_serving: set[tuple[str, int]] = set()
+
+
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
     """Serve `/metrics` from a daemon thread: this process's metrics, or, in multiprocess
-    mode, those of every worker."""
+    mode, those of every worker. The metrics belong to the process, so an app started again
+    in the same process keeps the endpoint it already has."""
+    if (host, port) in _serving:
+        return
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     start_http_server(port, addr=host, registry=registry)
+    _serving.add((host, port))

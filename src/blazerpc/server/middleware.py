@@ -76,7 +76,9 @@ class TokenAuthMiddleware(Middleware):
     _known: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        known = set(self.tokens)
+        # One string is one token, not a set of one-character tokens; blank tokens never count.
+        tokens = [self.tokens] if isinstance(self.tokens, str) else list(self.tokens)
+        known = {t.strip() for t in tokens if t.strip()}
         if self.tokens_file is not None:
             for line in Path(self.tokens_file).read_text().splitlines():
                 line = line.strip()

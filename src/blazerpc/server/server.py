@@ -119,7 +119,7 @@ class Server:
             return
         self._stopped = True
         self._policy.gate.close("the server is shutting down")
-        await self.health.set_all(NOT_SERVING)
+        await self.health.set_all(NOT_SERVING, draining=True)
         try:
             stopping = [self._grpc.stop(grace)]
             if self._http is not None:

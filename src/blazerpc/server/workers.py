@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
@@ -53,7 +56,8 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
         app.metrics_port = config.metrics_port
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker: the supervisor serves /metrics
         app.metrics_port = None
-        app.middleware.insert(0, MetricsMiddleware())
+        if not any(isinstance(m, MetricsMiddleware) for m in app.middleware):
+            app.middleware.insert(0, MetricsMiddleware())
 
     async def main() -> None:
         await app.serve(
@@ -67,6 +71,24 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
         )
 
     run(main())
+    _leave_stuck_threads()
+
+
+def _leave_stuck_threads(wait_s: float = 1.0) -> None:
+    """Exit even if a sync model is still running in a thread after the grace period: threads
+    cannot be cancelled, and Python would wait for them at exit, however long they take."""
+    deadline = time.monotonic() + wait_s
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    for thread in others:
+        if not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in others if t.is_alive() and not t.daemon]
+    if stuck:
+        logger.warning("exiting with threads still running: %s", ", ".join(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _spawn(ctx: Any, config: ServeConfig) -> tuple[Any, Any]:
@@ -79,6 +101,11 @@ def _spawn(ctx: Any, config: ServeConfig) -> tuple[Any, Any]:
 def supervise(config: ServeConfig, workers: int) -> int:
     """Run `workers` serving processes until a signal; returns the exit status."""
     ctx = multiprocessing.get_context("spawn")
+    if config.metrics_port is None:  # BlazeApp(metrics_port=...): served here, for all workers
+        from ..cli import load_app
+
+        app_metrics_port = load_app(config.app_path, config.app_dir).metrics_port
+        config = replace(config, metrics_port=app_metrics_port)
     config = replace(config, reuse_port=True)
     metrics_dir = None
     if config.metrics_port is not None:
@@ -129,6 +156,8 @@ def supervise(config: ServeConfig, workers: int) -> int:
             process.join()
         if process.exitcode not in (0, -signal.SIGTERM) and status == 0:
             status = process.exitcode or 1
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 
 
