@@ -1,0 +1,519 @@
+"""Shared machinery for the benchmark scripts: servers, h2load, alternating rounds, RESULTS.md.
+
+Load comes from h2load in its own process, never from Python, because a Python load
+generator on a two-core machine mostly measures itself. Every server runs in its own
+process, all of them stay up for the whole run, and rounds alternate between them
+(A B C A B C ...) so that drift on a shared machine hits every server alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import importlib
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "benchmarks"
+WORK_DIR = BENCH_DIR / ".work"
+GEN_DIR = WORK_DIR / "gen"
+LOG_DIR = WORK_DIR / "logs"
+RESULTS_PATH = BENCH_DIR / "RESULTS.md"
+REFERENCE_VENV = WORK_DIR / "refvenv"
+REFERENCE_VERSION = "2.2.1"
+HOST = "127.0.0.1"
+APP = "benchmarks.apps:app"
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to launch one contender; ``command`` gets the port it must listen on."""
+
+    name: str
+    description: str
+    command: Callable[[int], list[str]]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def blazerpc_server() -> ServerSpec:
+    """This repository's BlazeRPC, through its own CLI, as a user would start it."""
+    blaze = Path(sys.executable).with_name("blaze")
+    return ServerSpec(
+        name="blazerpc",
+        description=f"BlazeRPC (this repo): `blaze serve {APP}`",
+        command=lambda port: [
+            str(blaze),
+            "serve",
+            APP,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--app-dir",
+            str(ROOT),
+        ],
+    )
+
+
+def handwritten_server() -> ServerSpec:
+    """The hand-written grpcio servicer of the same contract (benchmarks/handwritten.py)."""
+    gen_dir = compile_proto()
+    script = BENCH_DIR / "handwritten.py"
+    return ServerSpec(
+        name="grpcio",
+        description="hand-written grpcio asyncio servicer (benchmarks/handwritten.py)",
+        command=lambda port: [
+            sys.executable,
+            str(script),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--gen-dir",
+            str(gen_dir),
+        ],
+    )
+
+
+def reference_server() -> ServerSpec:
+    """The published ``blazerpc==2.2.1`` in a venv of its own, serving the same app module."""
+    blaze = ensure_reference_venv() / "bin" / "blaze"
+    return ServerSpec(
+        name="reference",
+        description=f"reference `blazerpc=={REFERENCE_VERSION}` from PyPI: `blaze serve {APP}`",
+        command=lambda port: [str(blaze), "serve", APP, "--host", HOST, "--port", str(port)],
+        # Our src/ must not shadow the reference package, and its CLI imports from the cwd.
+        env={"PYTHONPATH": ""},
+    )
+
+
+SERVERS: dict[str, Callable[[], ServerSpec]] = {
+    "blazerpc": blazerpc_server,
+    "grpcio": handwritten_server,
+    "reference": reference_server,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    spec: ServerSpec
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU of the server process, all threads: cost per call, whatever the load."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_for_port(server: RunningServer, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.spec.name} exited early:\n{_tail(server.log_path)}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, server.port), 0.2):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{server.spec.name} did not listen on {server.port}:\n{_tail(server.log_path)}"
+    )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop(server: RunningServer) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec) -> Iterator[RunningServer]:
+    """Start ``spec`` on a free port in its own process group; kill the group on exit.
+
+    The server's output goes to ``.work/logs/<name>-<port>.log``, kept only if something failed.
+    """
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = LOG_DIR / f"{spec.name}-{port}.log"  # benchmarks may run side by side
+    env = {**os.environ, **spec.env}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            spec.command(port),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = RunningServer(spec, port, process, log_path)
+    try:
+        _wait_for_port(server)
+        yield server
+    finally:
+        _stop(server)
+    log_path.unlink()
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def compile_proto() -> Path:
+    """Compile bench.proto with grpc_tools (at run time, so generated code is never committed).
+
+    The files are generated aside and renamed into place, so a benchmark running alongside
+    never imports a half-written module.
+    """
+    GEN_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=WORK_DIR) as out:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{BENCH_DIR}",
+                f"--python_out={out}",
+                f"--grpc_python_out={out}",
+                str(BENCH_DIR / "bench.proto"),
+            ],
+            check=True,
+        )
+        for generated in Path(out).iterdir():
+            os.replace(generated, GEN_DIR / generated.name)
+    return GEN_DIR
+
+
+def load_stubs() -> tuple[ModuleType, ModuleType]:
+    """The generated message and stub modules, for payloads and correctness checks."""
+    gen_dir = str(compile_proto())
+    if gen_dir not in sys.path:
+        sys.path.insert(0, gen_dir)
+    return importlib.import_module("bench_pb2"), importlib.import_module("bench_pb2_grpc")
+
+
+def ensure_reference_venv() -> Path:
+    """Create the reference release's own venv on first use, so it never meets our package."""
+    blaze = REFERENCE_VENV / "bin" / "blaze"
+    if not blaze.exists():
+        print(f"creating {REFERENCE_VENV} with blazerpc=={REFERENCE_VERSION}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(REFERENCE_VENV)], check=True)
+        pip = [str(REFERENCE_VENV / "bin" / "pip"), "install", f"blazerpc=={REFERENCE_VERSION}"]
+        done = subprocess.run(pip, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            blaze.unlink(missing_ok=True)  # so the next run retries
+            raise RuntimeError(f"{shlex.join(pip)} failed:\n{done.stdout}\n{done.stderr}")
+    return REFERENCE_VENV
+
+
+# --------------------------------------------------------------------------- h2load
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """gRPC length-prefixed message: uncompressed flag, 4-byte big-endian length, payload."""
+    return struct.pack(">BI", 0, len(message)) + message
+
+
+def write_payload(name: str, message: bytes) -> Path:
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    path = WORK_DIR / f"{name}.bin"
+    path.write_bytes(grpc_frame(message))
+    return path
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One h2load run; latencies and the wall time come from its per-request log."""
+
+    rps: float
+    started: int
+    succeeded: int
+    failed: int
+    data_bytes: int
+    wall_s: float
+    latencies_ms: list[float]
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def h2load(
+    port: int,
+    method: str,
+    payload: Path,
+    *,
+    clients: int,
+    streams: int,
+    duration: float | None = None,
+    requests: int | None = None,
+    service: str = "blazerpc.InferenceService",
+) -> LoadResult:
+    """Run h2load against ``/<service>/<method>``; exactly one of duration/requests.
+
+    No ``--warm-up-time``: h2load would count warm-up DATA bytes but not warm-up responses,
+    which breaks the byte-count check; ``alternate`` runs a discarded warm-up round instead.
+    """
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=WORK_DIR, prefix="h2load-", suffix=".log")
+    os.close(fd)
+    log_path = Path(name)  # empty and ours alone: h2load appends to an existing log
+    cmd = [
+        "h2load",
+        f"http://{HOST}:{port}/{service}/{method}",
+        "-c",
+        str(clients),
+        "-m",
+        str(streams),
+        "-t",
+        "1",
+        "-d",
+        str(payload),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        f"--log-file={log_path}",
+    ]
+    if duration is not None:
+        cmd += ["-D", f"{duration:g}"]
+    else:
+        cmd += ["-n", str(requests)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        log_lines = log_path.read_text().splitlines()
+    finally:
+        log_path.unlink()
+    out = proc.stdout
+    if proc.returncode != 0 or "requests:" not in out:
+        raise RuntimeError(f"h2load failed ({shlex.join(cmd)}):\n{out}\n{proc.stderr}")
+    rps = float(_grab(r"finished in [\d.]+\w+, ([\d.]+) req/s", out))
+    started = int(_grab(r"(\d+) started", out))
+    succeeded = int(_grab(r"(\d+) succeeded", out))
+    failed = int(_grab(r"(\d+) failed", out)) + int(_grab(r"(\d+) errored", out))
+    data_bytes = int(_grab(r"\((\d+)\) data", out))
+    starts, ends, latencies = [], [], []
+    for line in log_lines:
+        start_us, status, duration_us = line.split("\t")[:3]
+        if status != "200":
+            continue
+        starts.append(int(start_us))
+        ends.append(int(start_us) + int(duration_us))
+        latencies.append(int(duration_us) / 1000)
+    wall_s = (max(ends) - min(starts)) / 1e6 if starts else 0.0
+    return LoadResult(rps, started, succeeded, failed, data_bytes, wall_s, latencies)
+
+
+def _grab(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"h2load output lacks {pattern!r}:\n{text}")
+    return match.group(1)
+
+
+def h2load_version() -> str:
+    out = subprocess.run(["h2load", "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "h2load (version unknown)"
+
+
+# --------------------------------------------------------------------------- rounds
+
+Samples = dict[str, dict[str, list[float]]]
+"""server name -> metric key -> one value per round."""
+
+Measure = Callable[[RunningServer], Mapping[str, float]]
+
+
+def alternate(
+    specs: Sequence[ServerSpec],
+    rounds: int,
+    measure: Measure,
+    check: Callable[[RunningServer], None],
+) -> Samples:
+    """Start every server, check each answers correctly, warm each up, then alternate rounds."""
+    samples: Samples = {spec.name: {} for spec in specs}
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(running(spec)) for spec in specs]
+        for server in servers:
+            check(server)
+            measure(server)  # discarded: first calls pay for lazy imports, caches, connections
+        for round_no in range(1, rounds + 1):
+            for server in servers:
+                result = measure(server)
+                for key, value in result.items():
+                    samples[server.spec.name].setdefault(key, []).append(value)
+                shown = ", ".join(f"{k}={v:,.2f}" for k, v in result.items())
+                print(f"round {round_no}/{rounds} {server.spec.name:<10} {shown}", file=sys.stderr)
+    return samples
+
+
+def medians(samples: Samples) -> dict[str, dict[str, float]]:
+    return {
+        name: {key: statistics.median(values) for key, values in metrics.items()}
+        for name, metrics in samples.items()
+    }
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    fmt: str = "{:,.0f}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """``subject``'s median ``metric`` must be at least ``min_ratio`` times ``baseline``'s."""
+
+    subject: str
+    baseline: str
+    metric: str
+    min_ratio: float
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary(samples: Samples, metrics: Sequence[Metric], ratio_metric: str) -> str:
+    """Medians per server, the ratio of ``ratio_metric`` against every other server, and rounds."""
+    mid = medians(samples)
+    names = list(samples)
+    headers = ["server", *(f"{m.label} (median)" for m in metrics)]
+    label = next(m.label for m in metrics if m.key == ratio_metric)
+    headers += [f"{label} ratio to {other}" for other in names]
+    headers.append(f"{label} per round")
+    rows = []
+    for name in names:
+        row = [f"**{name}**"]
+        row += [m.fmt.format(mid[name][m.key]) for m in metrics]
+        row += [f"{mid[name][ratio_metric] / mid[other][ratio_metric]:.2f}x" for other in names]
+        row.append(", ".join(f"{v:,.0f}" for v in samples[name][ratio_metric]))
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def target_lines(samples: Samples, targets: Sequence[Target]) -> str:
+    mid = medians(samples)
+    lines = []
+    for t in targets:
+        if t.subject not in mid or t.baseline not in mid:
+            continue
+        ratio = mid[t.subject][t.metric] / mid[t.baseline][t.metric]
+        verdict = "met" if ratio >= t.min_ratio else "**missed**"
+        lines.append(
+            f"- {t.subject} ÷ {t.baseline} ({t.metric}): {ratio:.2f}x, "
+            f"target ≥ {t.min_ratio}x: {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import grpc
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}, {h2load_version()}"
+    )
+
+
+def command_line() -> str:
+    script = Path(sys.argv[0]).resolve()
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(ROOT)
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+
+
+def section_header(title: str, servers: Sequence[ServerSpec]) -> str:
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        f"## {title}",
+        "",
+        f"- command: `{command_line()}` (from the repository root)",
+        f"- machine: {machine()}",
+        f"- run: {when}; load average at the end (1/5/15 min): {load} (other work on the "
+        "machine shows here and in the spread of the per-round figures)",
+        "- servers:",
+        *(f"  - `{s.name}`: {s.description}" for s in servers),
+    ]
+    return "\n".join(lines)
+
+
+_PREAMBLE = """# Benchmark results
+
+Written by the scripts in `benchmarks/` (see `benchmarks/README.md`); each script rewrites
+only its own section. Absolute numbers drift with the machine; the ratios, measured side by
+side in alternating rounds, are the figures to compare.
+"""
+
+
+def write_section(key: str, body: str, path: Path = RESULTS_PATH) -> None:
+    """Replace (or append) the section between this key's markers, keeping all others.
+
+    Under a lock, since another benchmark may be rewriting its own section at the same time.
+    """
+    start, end = f"<!-- section:{key} -->", f"<!-- /section:{key} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    with (WORK_DIR / "results.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else _PREAMBLE
+        if pattern.search(text):
+            text = pattern.sub(lambda _: block, text)
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+        path.write_text(text)
+    print(f"wrote section {key!r} of {path}", file=sys.stderr)
+
+
+def pick_servers(names: str) -> list[ServerSpec]:
+    """``--servers a,b,c`` -> specs, in the order given (which is the round order)."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in SERVERS]
+    if unknown:
+        raise SystemExit(f"unknown servers {unknown}; choose from {sorted(SERVERS)}")
+    return [SERVERS[n]() for n in wanted]
