@@ -23,11 +23,13 @@ async def running(app: BlazeApp) -> AsyncIterator[Server]:
 @asynccontextmanager
 async def client_for(app: BlazeApp, *, registry: bool = False) -> AsyncIterator[BlazeClient]:
     """A running server for `app` and a BlazeClient connected to it."""
-    async with running(app) as server:
-        async with BlazeClient(
+    async with (
+        running(app) as server,
+        BlazeClient(
             "127.0.0.1", server.port, registry=app.registry if registry else None
-        ) as client:
-            yield client
+        ) as client,
+    ):
+        yield client
 
 
 @pytest.fixture

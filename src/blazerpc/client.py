@@ -279,11 +279,14 @@ class _Stream:
         self._client, self._model, self._inputs = client, model, inputs
         self._call: Any = None
         self._method: _Method | None = None
+        self._closed = False
 
     def __aiter__(self) -> _Stream:
         return self
 
     async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
         if self._call is None:
             client = self._client
             self._method = await client._method(self._model, streaming=True)
@@ -301,8 +304,14 @@ class _Stream:
         return self._method.decode(data)  # type: ignore[union-attr]
 
     def cancel(self) -> None:
+        """Stop the call now; iteration then ends."""
+        self._closed = True
         if self._call is not None:
             self._call.cancel()
+
+    async def aclose(self) -> None:
+        """For `contextlib.aclosing(client.stream(...))`."""
+        self.cancel()
 
     def __del__(self) -> None:
         self.cancel()
