@@ -30,6 +30,7 @@ bench: $(STAMP)
 	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
 	$(BIN)/python benchmarks/bench_unary.py
 	$(BIN)/python benchmarks/bench_streaming.py
+	$(BIN)/python benchmarks/bench_batching.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

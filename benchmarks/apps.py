@@ -19,3 +19,12 @@ async def echo(text: str) -> str:
 async def tokens(n: int) -> str:  # type: ignore[misc]
     for i in range(n):
         yield str(i)
+
+
+# CPU-bound pure Python: one process can use one core at most (the GIL), whatever its threads.
+@app.model("burn")
+def burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total

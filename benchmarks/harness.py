@@ -190,8 +190,9 @@ def running(spec: ServerSpec) -> Iterator[RunningServer]:
 # --------------------------------------------------------------------------- setup
 
 
-def compile_proto() -> Path:
-    """Compile bench.proto with grpc_tools (at run time, so generated code is never committed).
+def compile_proto(proto: str = "bench.proto") -> Path:
+    """Compile a .proto of benchmarks/ with grpc_tools (at run time, so generated code is never
+    committed).
 
     The files are generated aside and renamed into place, so a benchmark running alongside
     never imports a half-written module.
@@ -206,7 +207,7 @@ def compile_proto() -> Path:
                 f"-I{BENCH_DIR}",
                 f"--python_out={out}",
                 f"--grpc_python_out={out}",
-                str(BENCH_DIR / "bench.proto"),
+                str(BENCH_DIR / proto),
             ],
             check=True,
         )
@@ -215,12 +216,13 @@ def compile_proto() -> Path:
     return GEN_DIR
 
 
-def load_stubs() -> tuple[ModuleType, ModuleType]:
+def load_stubs(proto: str = "bench.proto") -> tuple[ModuleType, ModuleType]:
     """The generated message and stub modules, for payloads and correctness checks."""
-    gen_dir = str(compile_proto())
+    gen_dir = str(compile_proto(proto))
     if gen_dir not in sys.path:
         sys.path.insert(0, gen_dir)
-    return importlib.import_module("bench_pb2"), importlib.import_module("bench_pb2_grpc")
+    stem = Path(proto).stem
+    return importlib.import_module(f"{stem}_pb2"), importlib.import_module(f"{stem}_pb2_grpc")
 
 
 def ensure_reference_venv() -> Path:
