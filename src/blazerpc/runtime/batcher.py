@@ -1,7 +1,7 @@
 """Adaptive batching: many concurrent requests, one model call, each caller gets its own rows.
 
-Dispatch is demand-driven. An idle model runs a lone request at once, in the caller's own
-task. While the model is busy, requests queue; when it frees up, the next batch takes what
+Dispatch is demand-driven. A request that finds the model idle runs at once, in the caller's
+own task. While the model is busy, requests queue; when it frees up, the next batch takes what
 is queued and, if the previous batch was larger (its callers are about to send again), waits
 up to `batch_timeout_ms` for them. The queue is bounded, and requests whose caller gave up
 are dropped before they reach the model.
@@ -227,7 +227,6 @@ class Batcher:
         if (
             not self._queue
             and self._running < self.settings.max_concurrent_batches
-            and self._demand(pending.enqueued) == 1
         ):
             # Idle model: run at once in this task, no queue and no dispatcher hop.
             await self._run([pending])
