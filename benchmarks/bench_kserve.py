@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import harness
-from bench_batching import APP, ROW, WEIGHTS, load_stubs
+from bench_batching import APP, PROTO, ROW, WEIGHTS
 from harness import Metric, RunningServer, ServerSpec, Target
 
 from blazerpc.protocols.kserve import messages as kserve
@@ -55,7 +55,7 @@ def main() -> None:
         raise SystemExit(f"--clients must divide {CONCURRENCY}")
     streams = CONCURRENCY // args.clients
 
-    _, pb2, pb2_grpc = load_stubs()
+    pb2, pb2_grpc = harness.load_stubs(PROTO)
     expected = ROW @ WEIGHTS
     native_request = pb2.MatmulRequest(
         x=pb2.TensorProto(shape=ROW.shape, dtype="float", data=ROW.tobytes())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,12 @@ async def serve(host: str, port: int, gen_dir: Path) -> None:
     await server.wait_for_termination()
 
 
-def main() -> None:
+def main(serve: Callable[[str, int, Path], Coroutine[Any, Any, None]] = serve) -> None:
+    """`--host --port --gen-dir`, then serve on uvloop when installed (as BlazeRPC does)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--gen-dir", type=Path, required=True, help="protoc output for bench.proto")
+    parser.add_argument("--gen-dir", type=Path, required=True, help="protoc output for the proto")
     args = parser.parse_args()
     coro = serve(args.host, args.port, args.gen_dir)
     try:

@@ -8,7 +8,6 @@ installed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import handwritten
 import numpy as np
 
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
@@ -66,20 +66,5 @@ async def serve(host: str, port: int, gen_dir: Path) -> None:
     await server.wait_for_termination()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--gen-dir", type=Path, required=True, help="protoc output for the proto")
-    args = parser.parse_args()
-    coro = serve(args.host, args.port, args.gen_dir)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
 if __name__ == "__main__":
-    main()
+    handwritten.main(serve)
