@@ -430,3 +430,20 @@ async def test_server_down_is_unavailable() -> None:
         with pytest.raises(BlazeRPCError) as info:
             await client.predict("echo", text="x")
     assert info.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_client_message_limit_follows_max_message_mb() -> None:
+    """A 70 MiB result needs a larger limit on both ends; the client's is settable."""
+    app = BlazeApp(max_message_mb=100)
+
+    @app.model("blob")
+    async def blob(mib: int) -> bytes:
+        return b"x" * (mib * 1024 * 1024)
+
+    async with running(app) as server:
+        async with BlazeClient("127.0.0.1", server.port) as default:
+            with pytest.raises(BlazeRPCError) as info:
+                await default.predict("blob", mib=70)
+            assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        async with BlazeClient("127.0.0.1", server.port, max_message_mb=100) as roomy:
+            assert len(await roomy.predict("blob", mib=70)) == 70 * 1024 * 1024

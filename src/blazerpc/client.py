@@ -29,14 +29,17 @@ from .schema import FILE_NAME, SERVICE_FULL_NAME, Schema, build_schema, fields_o
 Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
 
 _REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-_MAX_MESSAGE = 64 * 1024 * 1024
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", _MAX_MESSAGE),
-    ("grpc.max_send_message_length", _MAX_MESSAGE),
-    # Each client its own connection: grpcio otherwise shares one per process and address,
-    # and servers with several workers (or replicas behind an L4 balancer) spread connections.
-    ("grpc.use_local_subchannel_pool", 1),
-]
+
+
+def _channel_options(max_message_mb: float) -> list[tuple[str, int]]:
+    limit = int(max_message_mb * 1024 * 1024)
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        # Each client its own connection: grpcio otherwise shares one per process and address,
+        # and servers with several workers (or replicas behind an L4 balancer) spread connections.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,10 @@ class _Options:
         timeout: float | None,
         metadata: Metadata | None,
         tls: bool | ClientTLS,
+        max_message_mb: float,
     ) -> None:
         self.target = f"{host}:{port}"
+        self._channel_options = _channel_options(max_message_mb)
         self._set_options(timeout, metadata)
         self._credentials = None
         if tls:
@@ -217,8 +222,9 @@ class BlazeClient(_Options):
         timeout: float | None = None,
         metadata: Metadata | None = None,
         tls: bool | ClientTLS = False,
+        max_message_mb: float = 64,
     ) -> None:
-        self._setup(host, port, registry, timeout, metadata, tls)
+        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb)
         self._channel: grpc.aio.Channel | None = None
 
     async def __aenter__(self) -> BlazeClient:
@@ -235,10 +241,12 @@ class BlazeClient(_Options):
     def _get_channel(self) -> grpc.aio.Channel:
         if self._channel is None:
             if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+                self._channel = grpc.aio.insecure_channel(
+                    self.target, options=self._channel_options
+                )
             else:
                 self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, options=_CHANNEL_OPTIONS
+                    self.target, self._credentials, options=self._channel_options
                 )
         return self._channel
 
@@ -329,13 +337,14 @@ class SyncBlazeClient(_Options):
         timeout: float | None = None,
         metadata: Metadata | None = None,
         tls: bool | ClientTLS = False,
+        max_message_mb: float = 64,
     ) -> None:
-        self._setup(host, port, registry, timeout, metadata, tls)
+        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb)
         if self._credentials is None:
-            self._channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+            self._channel = grpc.insecure_channel(self.target, options=self._channel_options)
         else:
             self._channel = grpc.secure_channel(
-                self.target, self._credentials, options=_CHANNEL_OPTIONS
+                self.target, self._credentials, options=self._channel_options
             )
 
     def __enter__(self) -> SyncBlazeClient:

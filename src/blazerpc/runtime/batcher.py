@@ -224,10 +224,7 @@ class Batcher:
         deadline = None if timeout is None else time.perf_counter() + timeout
         pending = _Pending(kwargs, rows, key, deadline, loop.create_future())
         self.stats.requests += 1
-        if (
-            not self._queue
-            and self._running < self.settings.max_concurrent_batches
-        ):
+        if not self._queue and self._running < self.settings.max_concurrent_batches:
             # Idle model: run at once in this task, no queue and no dispatcher hop.
             await self._run([pending])
             return pending.future.result()
