@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,9 +21,8 @@ from grpc import StatusCode
 
 from ..exceptions import InferenceError, RPCError, ValidationError
 from ..types import Tensor
+from .executor import Invoke
 from .registry import ModelEntry
-
-Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)

@@ -132,9 +132,6 @@ class Server:
                 await self._on_stop()
             self._executor.shutdown()
 
-    async def wait_for_termination(self) -> None:
-        await self._grpc.wait_for_termination()
-
 
 async def start_server(
     models: Sequence[ModelEntry],
