@@ -210,19 +210,7 @@ def main() -> None:
             duration=args.duration,
         )
         cpu_us = (server.cpu_seconds() - cpu_before) / result.succeeded * 1e6
-        # gRPC errors are HTTP 200 too, and carry no message: the DATA byte count gives any
-        # failure away. Calls cut off by the end of the run may lack only their trailers.
-        complete = result.succeeded * response_frame
-        cut_off = (result.started - result.succeeded) * response_frame
-        if (
-            result.failed
-            or result.data_bytes % response_frame
-            or not complete <= result.data_bytes <= complete + cut_off
-        ):
-            raise RuntimeError(
-                f"{server.spec.name} {scenario.key}: {result.failed} failed, "
-                f"{result.data_bytes} data bytes for {result.succeeded} responses"
-            )
+        result.check_unary(response_frame, f"{server.spec.name} {scenario.key}")
         out = {
             f"{scenario.key}_rps": result.rps,
             f"{scenario.key}_p50_ms": result.percentile(50),

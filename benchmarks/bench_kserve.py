@@ -110,19 +110,7 @@ def main() -> None:
         )
         cpu = running.cpu_seconds() - cpu
         after = model_counts(running.port)
-        # gRPC errors are HTTP 200 too and carry no message: the DATA byte count gives any
-        # failure away. Calls cut off by the end of the run may lack only their trailers.
-        complete = result.succeeded * frame
-        cut_off = (result.started - result.succeeded) * frame
-        if (
-            result.failed
-            or result.data_bytes % frame
-            or not complete <= result.data_bytes <= complete + cut_off
-        ):
-            raise RuntimeError(
-                f"{running.spec.name}: {result.failed} failed, {result.data_bytes} data bytes "
-                f"for {result.succeeded} responses of {frame} bytes"
-            )
+        result.check_unary(frame, running.spec.name)
         calls, rows = after[0] - before[0], after[1] - before[1]
         return {
             "rps": result.rps,

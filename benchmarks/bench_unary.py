@@ -58,20 +58,7 @@ def main() -> None:
             streams=args.streams,
             duration=args.duration,
         )
-        # h2load counts HTTP 200 as success, but gRPC errors are 200 too: a failed call
-        # carries no message, so the DATA byte count gives failures away. Calls cut off by the
-        # end of the run may have their message but not yet their trailers.
-        complete = result.succeeded * response_frame
-        cut_off = (result.started - result.succeeded) * response_frame
-        if (
-            result.failed
-            or result.data_bytes % response_frame
-            or not complete <= result.data_bytes <= complete + cut_off
-        ):
-            raise RuntimeError(
-                f"{server.spec.name}: {result.failed} failed, {result.data_bytes} data bytes "
-                f"for {result.succeeded} responses of {response_frame} bytes"
-            )
+        result.check_unary(response_frame, server.spec.name)
         cpu_us = (server.cpu_seconds() - cpu_before) / result.succeeded * 1e6
         return {
             "rps": result.rps,

@@ -60,6 +60,9 @@ def main() -> None:
 
     pb2, pb2_grpc = harness.load_stubs()
     payload = harness.write_payload("burn", pb2.BurnRequest(n=N).SerializeToString())
+    response_frame = len(
+        harness.grpc_frame(pb2.BurnResponse(result=expected(N)).SerializeToString())
+    )
     specs = [server(1), server(2)]
 
     def check(server: RunningServer) -> None:
@@ -79,8 +82,7 @@ def main() -> None:
             streams=args.streams,
             duration=args.duration,
         )
-        if result.failed:
-            raise RuntimeError(f"{server.spec.name}: {result.failed} calls failed")
+        result.check_unary(response_frame, server.spec.name)
         return {"rps": result.rps, "p50_ms": result.percentile(50), "p99_ms": result.percentile(99)}
 
     samples = harness.alternate(specs, args.rounds, measure, check)

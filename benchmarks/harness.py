@@ -266,6 +266,25 @@ class LoadResult:
     wall_s: float
     latencies_ms: list[float]
 
+    def check_unary(self, frame: int, who: str) -> None:
+        """Fail unless every finished call carried its response of `frame` bytes.
+
+        h2load counts HTTP 200 as success, but gRPC errors are 200 too: a failed call carries
+        no message, so the DATA byte count gives failures away. Calls cut off by the end of
+        the run may have their message but not yet their trailers.
+        """
+        complete = self.succeeded * frame
+        cut_off = (self.started - self.succeeded) * frame
+        if (
+            self.failed
+            or self.data_bytes % frame
+            or not complete <= self.data_bytes <= complete + cut_off
+        ):
+            raise RuntimeError(
+                f"{who}: {self.failed} failed, {self.data_bytes} data bytes "
+                f"for {self.succeeded} responses of {frame} bytes"
+            )
+
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
