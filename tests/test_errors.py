@@ -136,6 +136,33 @@ async def test_bad_tensor_is_invalid_argument_naming_field_expected_and_got(
         await assert_echo_works(server.port)
 
 
+@pytest.mark.parametrize(
+    ("shape", "fragment"),
+    [([0, 2**62], "[0, 4611686018427387904]"), ([1] * 65, "[1, 1, 1")],
+    ids=["empty-but-too-big", "65-dimensions"],
+)
+async def test_shapes_numpy_cannot_hold_are_invalid_argument(shape: list[int], fragment: str):
+    """Over KServe a list parameter accepts any shape the byte count fits (none, or one
+    element here), yet numpy refuses these: still the client's mistake, not INTERNAL."""
+    from blazerpc.protocols.kserve import messages
+
+    app = BlazeApp()
+
+    @app.model("total")
+    async def total(values: list[float]) -> float:
+        return sum(values)
+
+    request = messages.ModelInferRequest(model_name="total")
+    request.inputs.add(name="values", datatype="FP64", shape=shape)
+    request.raw_input_contents.append(b"" if 0 in shape else np.zeros(1, np.float64).tobytes())
+    async with running(app) as server:
+        reply = await raw_call(
+            server.port, "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
+        )
+        assert reply.code == INVALID, reply
+        assert "'values'" in reply.details and fragment in reply.details, reply.details
+
+
 async def test_good_tensor_is_accepted_by_the_same_model() -> None:
     """The control for the cases above: the same request, done right, succeeds."""
     app = error_app()
