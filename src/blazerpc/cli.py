@@ -96,7 +96,8 @@ def banner(
         "health and reflection enabled)"
     )
     if http_port is not None:
-        lines.append(f"HTTP on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
+        http = "HTTPS" if tls else "HTTP"
+        lines.append(f"{http} on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ stack (uvicorn plus a framework) would add a layer per request and wants to own 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from ..exceptions import ConfigurationError
@@ -46,9 +47,10 @@ async def start_http_server(
     port: int,
     max_body_bytes: int,
     reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> HttpServer:
     """Listen on `host:port` (0 picks a free port) for KServe REST and JSON-RPC; calls go
-    through the same call policy (gate, middleware) as gRPC ones."""
+    through the same call policy (gate, middleware) and the same TLS as gRPC ones."""
     try:
         from aiohttp import web
     except ImportError:
@@ -77,7 +79,9 @@ async def start_http_server(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        await web.TCPSite(
+            runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context
+        ).start()
     except OSError as exc:
         await runner.cleanup()
         raise ConfigurationError(f"cannot listen on {host}:{port} for HTTP: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,15 @@ class ServerTLS:
     cert_file: str
     key_file: str
     client_ca_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same certificate and client check for the HTTP port, so no port is weaker."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file:
+            context.load_verify_locations(self.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     def credentials(self) -> grpc.ServerCredentials:
         ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
@@ -185,6 +195,7 @@ async def start_server(
             port=http_port,
             max_body_bytes=limits.max_message_bytes,
             reuse_port=reuse_port,
+            ssl_context=tls.ssl_context() if tls is not None else None,
         )
     for runner in runners.values():
         runner.start()
