@@ -46,6 +46,8 @@ async def start_http_server(
     host: str,
     port: int,
     max_body_bytes: int,
+    max_json_bytes: int,
+    max_jsonrpc_batch: int,
     reuse_port: bool = False,
     ssl_context: ssl.SSLContext | None = None,
 ) -> HttpServer:
@@ -74,8 +76,10 @@ async def start_http_server(
             in_flight.discard(task)  # type: ignore[arg-type]
 
     app = web.Application(client_max_size=max_body_bytes, middlewares=[track])
-    add_kserve_routes(app, runners, policy)
-    add_jsonrpc_routes(app, runners, policy)
+    add_kserve_routes(app, runners, policy, max_json_bytes)
+    add_jsonrpc_routes(
+        app, runners, policy, max_json_bytes=max_json_bytes, max_batch_calls=max_jsonrpc_batch
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

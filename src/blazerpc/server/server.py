@@ -57,6 +57,10 @@ class Limits:
     """Transport limits; the defaults suit inference behind a load balancer."""
 
     max_message_bytes: int = 64 * 1024 * 1024
+    # JSON is parsed on the event loop: its own, smaller limit keeps one body from holding
+    # every other call up (tensors this large travel as binary data instead).
+    max_json_bytes: int = 8 * 1024 * 1024
+    max_jsonrpc_batch: int = 1000
     max_concurrent_streams: int = 256
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
@@ -194,6 +198,8 @@ async def start_server(
             host=host,
             port=http_port,
             max_body_bytes=limits.max_message_bytes,
+            max_json_bytes=limits.max_json_bytes,
+            max_jsonrpc_batch=limits.max_jsonrpc_batch,
             reuse_port=reuse_port,
             ssl_context=tls.ssl_context() if tls is not None else None,
         )

@@ -20,6 +20,7 @@ import numpy as np
 from ...codec import decode_tensor, fill_tensor
 from ...exceptions import ValidationError
 from ...types import Field, ListOf, MapOf, Scalar, Struct, Tensor
+from ..json_io import NON_FINITE
 from ..wire import WireTensor
 
 DATATYPES: dict[str, np.dtype] = {
@@ -189,6 +190,9 @@ class InputSpec(_TensorForm):
     def _array(self, values: Any, datatype: str) -> np.ndarray:
         try:
             inferred = np.asarray(values)
+            if inferred.dtype.kind == "U" and self._dtype.kind == "f":  # type: ignore[union-attr]
+                values = _non_finite(values)
+                inferred = np.asarray(values)
             if inferred.size and inferred.dtype.kind not in _ACCEPTED_KINDS[self._dtype.kind]:  # type: ignore[union-attr]
                 raise ValueError(f"{inferred.dtype.name} elements")
             return np.asarray(values, dtype=self._dtype)
@@ -230,6 +234,17 @@ class InputSpec(_TensorForm):
                     f"input '{self.name}': a str must be UTF-8: {exc}", field=self.name
                 ) from None
         return items[0] if self._kind == "scalar" else items
+
+
+def _non_finite(values: Any) -> Any:
+    """Floats sent as the strings "NaN", "Infinity", "-Infinity", as they are written."""
+    if isinstance(values, list):
+        return [_non_finite(v) for v in values]
+    if isinstance(values, str):
+        if values not in NON_FINITE:
+            raise ValueError(f"the string element {values!r}")
+        return NON_FINITE[values]
+    return values
 
 
 def _flat(values: Any) -> list[Any]:
