@@ -48,6 +48,7 @@ class BlazeApp:
         max_message_mb: float = 64,
         max_threads: int | None = None,
         metrics_port: int | None = None,
+        reflection: bool = True,
     ) -> None:
         self.name = name
         self.enable_batching = enable_batching
@@ -58,6 +59,7 @@ class BlazeApp:
         self.limits = Limits(max_message_bytes=int(max_message_mb * 1024 * 1024))
         self.max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
         self.metrics_port = metrics_port
+        self.reflection = reflection
         self.registry = ModelRegistry()
         self.state = types.SimpleNamespace()
         self._startup: list[Hook] = []
@@ -195,6 +197,7 @@ class BlazeApp:
             on_stop=lambda: self._run_hooks(self._shutdown),
             batch_observer=BatchMetrics if with_metrics else None,
             http_port=http_port,
+            reflection=self.reflection,
         )
         try:
             if not reuse_port:

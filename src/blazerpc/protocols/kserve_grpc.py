@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from ..exceptions import SerializationError, ValidationError, status_of
 from ..runtime.runner import ModelRunner
+from ..server.decoding import DecodingInHandler
 from ..server.middleware import lower_keys
 from ..server.policy import CallPolicy
 from .calls import Caller
@@ -203,7 +204,9 @@ class KServeServicer:
 
 
 def add_kserve_service(
-    server: grpc.aio.Server, runners: dict[str, ModelRunner], policy: CallPolicy
+    server: grpc.aio.Server | DecodingInHandler,
+    runners: dict[str, ModelRunner],
+    policy: CallPolicy,
 ) -> None:
     """Serve GRPCInferenceService on `server`, under the same call policy as the native one."""
     servicer = KServeServicer(runners, policy)

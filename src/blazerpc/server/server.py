@@ -20,6 +20,7 @@ from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import SERVICE_FULL_NAME, Schema
+from .decoding import DecodingInHandler
 from .handlers import model_handlers
 from .health import NOT_SERVING, SERVING, Health
 from .policy import CallPolicy
@@ -162,6 +163,7 @@ async def start_server(
     on_stop: Hook | None = None,
     batch_observer: Callable[[str], BatchObserver] | None = None,
     http_port: int | None = None,
+    reflection: bool = True,
 ) -> Server:
     """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
     executor = Executor(max_threads)
@@ -177,9 +179,11 @@ async def start_server(
         SERVICE_FULL_NAME, model_handlers(list(runners.values()), schema, policy)
     )
     health = Health()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    add_kserve_service(server, runners, policy)
-    enable_reflection(server, schema)
+    decoding = DecodingInHandler(server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, decoding)
+    add_kserve_service(decoding, runners, policy)
+    if reflection:
+        enable_reflection(decoding, schema)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         if tls is None:

@@ -40,6 +40,7 @@ class ServeConfig:
     metrics_port: int | None = None
     max_message_mb: float | None = None
     reuse_port: bool = False
+    reflection: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,6 +58,7 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
         app.limits = replace(app.limits, max_message_bytes=int(config.max_message_mb * 2**20))
     if config.metrics_port is not None:
         app.metrics_port = config.metrics_port
+    app.reflection = app.reflection and config.reflection
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker: the supervisor serves /metrics
         app.metrics_port = None
         if not any(isinstance(m, MetricsMiddleware) for m in app.middleware):
