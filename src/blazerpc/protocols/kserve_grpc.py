@@ -162,7 +162,7 @@ class KServeServicer:
             model = find(self._models, request.model_name, request.model_version)
             model.check_unary(_STREAM_HINT)
             return await model.calls.unary(
-                partial(_kwargs, model, request),
+                model.decoder(partial(_kwargs, model, request), len(data)),
                 lambda result: _response(
                     model, request, result, _wants_raw(request)
                 ).SerializeToString(),
@@ -181,7 +181,7 @@ class KServeServicer:
         async for request in requests:
             try:
                 model = find(self._models, request.model_name, request.model_version)
-                decode = partial(_kwargs, model, request)
+                decode = model.decoder(partial(_kwargs, model, request), request.ByteSize())
                 respond = partial(_response, model, request, raw=_wants_raw(request))
                 caller = partial(_caller, model, "ModelStreamInfer", context)
                 marked = _bool_param(request, _FINAL_OPT_IN)

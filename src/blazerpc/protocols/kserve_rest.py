@@ -241,7 +241,7 @@ class KServeRest:
             header_length = _header_length(request, self._max_json_bytes)
             doc, binary = _split_body(await json_io.read_body(request), header_length)
             return await model.calls.unary(
-                partial(_kwargs, model, doc, binary),
+                model.decoder(partial(_kwargs, model, doc, binary), len(binary)),
                 partial(_response, model, doc, binary=_binary_output(doc)),
                 partial(_caller, model, request),
                 None,

@@ -73,10 +73,16 @@ def _describe(spec: Any) -> str:
     return "a list of tensors or dataclasses"
 
 
-def split_bytes(data: bytes | memoryview, name: str) -> list[bytes]:
-    """BYTES elements from their raw form: each a 4-byte little-endian length, then the bytes."""
+def split_bytes(data: bytes | memoryview, name: str, count: int | None = None) -> list[bytes]:
+    """BYTES elements from their raw form: each a 4-byte little-endian length, then the bytes;
+    with `count`, exactly that many, checked as they are read rather than after."""
     view, items, pos = memoryview(data), [], 0
     while pos < len(view):
+        if count is not None and len(items) == count:
+            raise ValidationError(
+                f"input '{name}': BYTES data holds more than the {count} elements of its shape",
+                field=name,
+            )
         if pos + 4 > len(view):
             raise ValidationError(
                 f"input '{name}': BYTES data ends inside an element's 4-byte length", field=name
@@ -161,7 +167,8 @@ class InputSpec(_TensorForm):
         """The argument from a raw tensor (raw_input_contents, or the binary extension)."""
         self._check_datatype(datatype)
         if self._dtype is None:
-            return self._from_items(shape, split_bytes(data, self.name))
+            count = self._element_count(shape)
+            return self._from_items(shape, split_bytes(data, self.name, count))
         wire = WireTensor(shape, self._wire_dtype, data)  # type: ignore[arg-type]
         return self._from_array(decode_tensor(wire, self._tensor, self.name), shape)
 
@@ -217,6 +224,18 @@ class InputSpec(_TensorForm):
             return arr
         self._check_count(shape, arr.size)
         return arr.item() if self._kind == "scalar" else arr.tolist()
+
+    def _element_count(self, shape: Sequence[int]) -> int:
+        """How many BYTES elements `shape` holds, refused before any is read if this input
+        cannot take that many (a str or bytes parameter takes one)."""
+        if any(d < 0 for d in shape):
+            raise ValidationError(
+                f"input '{self.name}': expected non-negative dimensions, got shape {list(shape)}",
+                field=self.name,
+            )
+        count = math.prod(shape)
+        self._check_count(shape, count)
+        return count
 
     def _from_items(self, shape: Sequence[int], items: list[bytes]) -> Any:
         if any(d < 0 for d in shape) or math.prod(shape) != len(items):
