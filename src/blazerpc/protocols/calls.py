@@ -37,6 +37,14 @@ class Caller:
     peer: str
 
 
+def observed(
+    policy: CallPolicy, caller: Caller, *, gated: bool = True
+) -> AbstractAsyncContextManager[None]:
+    """The middleware around a call that names a model: whatever the call reveals about
+    models (their metadata, or that one does not exist) only reaches callers it admits."""
+    return policy.observed(RequestEvent(caller.method, caller.metadata, caller.peer), gated=gated)
+
+
 class ModelCalls:
     """Calls into one model on behalf of a protocol adapter."""
 
@@ -48,7 +56,7 @@ class ModelCalls:
         self._plain = not policy.middleware and self._inject is None
 
     def _observed(self, caller: Caller) -> AbstractAsyncContextManager[None]:
-        return self._policy.observed(RequestEvent(caller.method, caller.metadata, caller.peer))
+        return observed(self._policy, caller)
 
     async def _arguments(self, decode: Decode, caller: Caller) -> Any:
         kwargs = decode()

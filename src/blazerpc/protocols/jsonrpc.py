@@ -23,7 +23,7 @@ from ..exceptions import ValidationError, status_of
 from ..runtime.runner import ModelRunner
 from ..server.policy import CallPolicy
 from . import json_io
-from .calls import Caller, ModelCalls
+from .calls import Caller, ModelCalls, observed
 from .json_values import Encode, encoder, fields_decoder
 
 logger = logging.getLogger("blazerpc.jsonrpc")
@@ -97,12 +97,24 @@ class JsonRpc:
         max_batch_calls: int,
     ) -> None:
         self._models = {name: _Model(runner, policy) for name, runner in runners.items()}
+        self._policy = policy
         self._max_json_bytes = max_json_bytes
         self._max_batch_calls = max_batch_calls
 
     async def _body(self, request: web.Request) -> Any:
         json_io.check_size(request, self._max_json_bytes)
         return json_io.loads(await json_io.read_body(request))
+
+    async def _admitted(
+        self, lookup: Callable[[str], _Model], name: str, method: str, request: web.Request
+    ) -> _Model:
+        """`lookup(name)`; its error (which lists the models) only once middleware (auth) has
+        admitted the call, so that without a token nobody learns which models exist."""
+        try:
+            return lookup(name)
+        except CallError as exc:
+            async with observed(self._policy, _caller(method, request), gated=False):
+                raise exc from None
 
     def _model(self, name: str) -> _Model:
         model = self._models.get(name)
@@ -138,7 +150,9 @@ class JsonRpc:
             error = _error(INVALID_REQUEST, 'a call needs "jsonrpc": "2.0" and a string "method"')
             return _error_reply(error, call.get("id"))
         try:
-            model = self._unary_model(call["method"])
+            model = await self._admitted(
+                self._unary_model, call["method"], f"/jsonrpc/{call['method']}", request
+            )
             result = await model.calls.unary(
                 partial(model.kwargs, call.get("params", {})),
                 model.encode,
@@ -195,7 +209,8 @@ class JsonRpc:
     ) -> None:
         """Write each chunk as an event, or an error event; the caller ends the stream."""
         try:
-            model = self._model(request.match_info["model"])
+            name = request.match_info["model"]
+            model = await self._admitted(self._model, name, f"/jsonrpc/stream/{name}", request)
             if not model.streaming:
                 raise CallError(
                     INVALID_REQUEST,

@@ -19,7 +19,7 @@ from ..exceptions import ValidationError, status_of
 from ..runtime.runner import ModelRunner
 from ..server.policy import CallPolicy
 from . import json_io
-from .calls import Caller
+from .calls import Caller, observed
 from .kserve.model import KServeModel, find, kserve_models, server_metadata
 
 logger = logging.getLogger("blazerpc.kserve")
@@ -159,9 +159,10 @@ def _binary_output(doc: dict[str, Any]) -> bool:
     return default
 
 
-def _caller(model: KServeModel, request: web.Request) -> Caller:
+def _caller(request: web.Request) -> Caller:
+    """The caller as middleware sees it; the method is the request's path."""
     headers = {k.lower(): v for k, v in request.headers.items()}
-    return Caller(f"/v2/models/{model.name}/infer", headers, request.remote or "")
+    return Caller(request.path, headers, request.remote or "")
 
 
 def _response(
@@ -202,15 +203,22 @@ class KServeRest:
         self, runners: dict[str, ModelRunner], policy: CallPolicy, max_json_bytes: int
     ) -> None:
         self._models = kserve_models(runners, policy)
+        self._policy = policy
         self._gate = policy.gate
         self._max_json_bytes = max_json_bytes
 
     def _ready(self) -> bool:
         return self._gate.reason is None
 
-    def _find(self, request: web.Request) -> KServeModel:
+    async def _find(self, request: web.Request) -> KServeModel:
+        """The model the path names; an unknown one is 404 only once middleware (auth) has
+        admitted the call, so that without a token nobody learns which models exist."""
         info = request.match_info
-        return find(self._models, info["name"], info.get("version", ""))
+        try:
+            return find(self._models, info["name"], info.get("version", ""))
+        except Exception as exc:
+            async with observed(self._policy, _caller(request), gated=False):
+                raise exc from None
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return _json(server_metadata())
@@ -223,27 +231,31 @@ class KServeRest:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         try:
-            return _json(self._find(request).metadata())
+            model = await self._find(request)
+            async with observed(self._policy, _caller(request), gated=False):
+                return _json(model.metadata())
         except Exception as exc:
             return _failure(exc)
 
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
-            self._find(request)
+            await self._find(request)
+            async with observed(self._policy, _caller(request), gated=False):
+                pass
         except Exception as exc:
             return _failure(exc)
         return web.Response(status=200 if self._ready() else 400)
 
     async def infer(self, request: web.Request) -> web.Response:
         try:
-            model = self._find(request)
+            model = await self._find(request)
             model.check_unary(_STREAM_HINT)
             header_length = _header_length(request, self._max_json_bytes)
             doc, binary = _split_body(await json_io.read_body(request), header_length)
             return await model.calls.unary(
                 model.decoder(partial(_kwargs, model, doc, binary), len(binary)),
                 partial(_response, model, doc, binary=_binary_output(doc)),
-                partial(_caller, model, request),
+                partial(_caller, request),
                 None,
             )
         except Exception as exc:
