@@ -191,6 +191,9 @@ class BlazeApp:
                 if (settings := self.batch_settings(m)) is not None
             },
             max_threads=self.max_threads,
+            max_in_flight={
+                m.name: m.options.get("max_queue_size", self.max_queue_size) for m in self.registry
+            },
             limits=self.limits,
             tls=tls,
             reuse_port=reuse_port,

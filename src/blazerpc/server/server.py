@@ -157,6 +157,7 @@ async def start_server(
     policy: CallPolicy,
     batching: dict[str, BatchSettings],
     max_threads: int,
+    max_in_flight: dict[str, int] | None = None,
     limits: Limits | None = None,
     tls: ServerTLS | None = None,
     reuse_port: bool = False,
@@ -167,9 +168,14 @@ async def start_server(
 ) -> Server:
     """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
     executor = Executor(max_threads)
+    max_in_flight = max_in_flight or {}
     runners = {
         m.name: ModelRunner(
-            m, executor, batching.get(m.name), batch_observer(m.name) if batch_observer else None
+            m,
+            executor,
+            batching.get(m.name),
+            batch_observer(m.name) if batch_observer else None,
+            max_in_flight.get(m.name, BatchSettings.max_queue_size),
         )
         for m in models
     }
