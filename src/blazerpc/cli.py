@@ -65,6 +65,8 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:
+        uvloop = None  # run outside the except block: no chained ImportError on every traceback
+    if uvloop is None:
         asyncio.run(coro)
     else:
         uvloop.run(coro)
