@@ -18,21 +18,13 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from blazerpc.protocols.kserve import messages
 
 from .apps.fuzz_app import app
 from .processes import blaze_serve, free_port, wait_serving
-
-settings.register_profile(
-    "ci", max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile(
-    "fuzz", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.load_profile("ci")
 
 MODELS = [m.name for m in app.registry]
 RPCS = {m.name: m.rpc for m in app.registry}
