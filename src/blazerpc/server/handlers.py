@@ -136,7 +136,13 @@ async def _abort(context: ServicerContext, entry: ModelEntry, exc: BaseException
 
 
 def _serve(core: Core, entry: ModelEntry, policy: CallPolicy) -> Core:
-    """The core with the gate, error mapping and (only if any) middleware around it."""
+    """The core with the gate, error mapping and (only if any) middleware around it.
+
+    Response headers go out once the call is admitted, before the model runs: a client's gRPC
+    retry policy never retries a call whose headers arrived, so a refusal (UNAVAILABLE from
+    the gate while starting or draining) may be retried and a call the model may have begun
+    never is, even when its replica dies before answering (see balancing.py).
+    """
     gate = policy.gate
 
     if not policy.middleware:
@@ -144,6 +150,7 @@ def _serve(core: Core, entry: ModelEntry, policy: CallPolicy) -> Core:
         async def handle(request: bytes, context: ServicerContext) -> Any:
             try:
                 gate.admit()
+                await context.send_initial_metadata(())
                 return await core(request, context)
             except Exception as exc:
                 await _abort(context, entry, exc)
@@ -156,6 +163,7 @@ def _serve(core: Core, entry: ModelEntry, policy: CallPolicy) -> Core:
         event = RequestEvent(method, lower_keys(context.invocation_metadata()), context.peer())
         try:
             async with observed(event):
+                await context.send_initial_metadata(())
                 return await core(request, context)
         except Exception as exc:
             await _abort(context, entry, exc)

@@ -51,9 +51,20 @@ class Limits:
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     min_client_ping_interval_s: float = 10.0
+    # Off by default. Behind a connection balancer (a Kubernetes Service) a connection that
+    # ends makes its client reconnect, and the new connection may reach a new replica.
+    max_connection_age_s: float | None = None
+    max_connection_age_grace_s: float | None = None
 
     def grpc_options(self, reuse_port: bool) -> list[tuple[str, Any]]:
+        age: list[tuple[str, Any]] = []
+        if self.max_connection_age_s is not None:
+            age.append(("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)))
+        if self.max_connection_age_grace_s is not None:
+            grace_ms = int(self.max_connection_age_grace_s * 1000)
+            age.append(("grpc.max_connection_age_grace_ms", grace_ms))
         return [
+            *age,
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
@@ -147,6 +158,7 @@ async def start_server(
     reuse_port: bool = False,
     on_stop: Hook | None = None,
     batch_observer: Callable[[str], BatchObserver] | None = None,
+    instrument: Callable[[ModelRunner], None] | None = None,
     http_port: int | None = None,
 ) -> Server:
     """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
@@ -157,6 +169,9 @@ async def start_server(
         )
         for m in models
     }
+    if instrument is not None:  # before the handlers take the runners' entry points
+        for runner in runners.values():
+            instrument(runner)
     limits = limits or Limits()
     server = grpc.aio.server(options=limits.grpc_options(reuse_port))
     server.add_registered_method_handlers(

@@ -41,6 +41,7 @@ class ServeConfig:
     max_message_mb: float | None = None
     reuse_port: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)  # Limits fields set by flags
 
 
 def serve_process(config: ServeConfig, ready: Any = None) -> None:
@@ -52,6 +53,7 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
     app = load_app(config.app_path, config.app_dir)
     if config.max_message_mb is not None:
         app.limits = replace(app.limits, max_message_bytes=int(config.max_message_mb * 2**20))
+    app.limits = replace(app.limits, **config.limits)
     if config.metrics_port is not None:
         app.metrics_port = config.metrics_port
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker: the supervisor serves /metrics
