@@ -41,6 +41,10 @@ def _channel_options(max_message_mb: float) -> list[tuple[str, int | str]]:
         # call is admitted; by default only requests up to 256 KB are, so tensors were not.
         ("grpc.service_config", SERVICE_CONFIG),
         ("grpc.per_rpc_retry_buffer_size", limit),
+        # A replica restarted on the same address (a fixed list, a single host) is found
+        # again within seconds, not after gRPC's default backoff of up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 5000),
         # Each client its own connection: grpcio otherwise shares one per process and address,
         # and servers with several workers (or replicas behind an L4 balancer) spread connections.
         ("grpc.use_local_subchannel_pool", 1),

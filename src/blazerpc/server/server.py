@@ -83,6 +83,8 @@ class Limits:
 
 Hook = Callable[[], Awaitable[None]]
 
+HEALTH_NOTICE_S = 0.5  # how long clients watching health get to see a drain before GOAWAY
+
 
 class Server:
     """A running server: its bound `port`, its models' `runners`, and `stop()` to drain."""
@@ -130,7 +132,13 @@ class Server:
             return
         self._stopped = True
         self._policy.gate.close("the server is shutting down")
+        watched = self.health.watchers > 0
         await self.health.set_all(NOT_SERVING, draining=True)
+        if watched:
+            # Clients balancing on health stop sending here once they read NOT_SERVING; until
+            # then their calls get the gate's UNAVAILABLE, which they retry elsewhere. Once
+            # grpcio's shutdown begins, a call arriving would end CANCELLED, never retried.
+            await asyncio.sleep(min(HEALTH_NOTICE_S, grace or 0.0))
         try:
             stopping = [self._grpc.stop(grace)]
             if self._http is not None:
