@@ -409,7 +409,8 @@ async def test_lone_request_is_not_held(probe: Probe, served) -> None:
     server, client = await served(tensor_app(probe, batch_timeout_ms=1000))
     start = time.perf_counter()
     got = await client.predict("tag", x=rows_of(1, 2))
-    assert time.perf_counter() - start < 0.1
+    # Far below the 1 s it would be held; the first call also connects and checks health.
+    assert time.perf_counter() - start < 0.5
     np.testing.assert_array_equal(got, transform(rows_of(1, 2)))
     assert server.stats()["tag"].queue_seconds < 0.01  # ran in its caller's task, unqueued
 

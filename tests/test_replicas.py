@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from blazerpc import BlazeClient, BlazeRPCError
+from blazerpc import BlazeClient, BlazeRPCError, SyncBlazeClient
 
 from .processes import sample, scrape
 from .replicas import Replicas
@@ -36,9 +36,13 @@ async def test_every_replica_serves_an_even_share() -> None:
                 pid for batch in await asyncio.gather(*[calls(100) for _ in range(30)])
                 for pid in batch
             )  # fmt: skip
+        # The blocking client balances the same way.
+        with SyncBlazeClient(replicas.addresses) as sync_client:
+            by_sync = collections.Counter(sync_client.predict("pid") for _ in range(300))
     assert sum(served.values()) == 3000
     assert set(served) == pids
     assert all(750 <= n <= 1250 for n in served.values()), served  # within 25% of 1000
+    assert set(by_sync) == pids and all(n >= 50 for n in by_sync.values()), by_sync
 
 
 @dataclass

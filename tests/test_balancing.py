@@ -1,0 +1,97 @@
+"""Client targets (addresses, lists, dns:///) and the server's max connection age."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from blazerpc import BlazeApp, BlazeClient, Context, SyncBlazeClient
+from blazerpc.balancing import channel_target
+
+from .conftest import running
+
+
+def test_targets() -> None:
+    assert channel_target("10.0.0.1", None) == "10.0.0.1:50051"
+    assert channel_target("model.internal", 7000) == "model.internal:7000"
+    assert channel_target("::1", 7000) == "[::1]:7000"
+    dns = "dns:///model.ns.svc.cluster.local:50051"
+    assert channel_target(dns, None) == dns
+    assert channel_target(["10.0.0.1:1", "10.0.0.2:2"], None) == "ipv4:10.0.0.1:1,10.0.0.2:2"
+    assert channel_target(["[::1]:1", "[fe80::1]:2"], None) == "ipv6:[::1]:1,[fe80::1]:2"
+    resolved = channel_target(["localhost:5"], None)  # names in a list are resolved now
+    assert resolved in ("ipv4:127.0.0.1:5", "ipv6:[::1]:5")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "message"),
+    [
+        ("dns:///m:1", 50051, "is a target with its own port; do not pass port"),
+        (["10.0.0.1:1"], 50051, "gives a port in each, as 'HOST:PORT'"),
+        ([], None, "empty"),
+        (["10.0.0.1"], None, "not of the form HOST:PORT"),
+        (["10.0.0.1:1", "[::1]:2"], None, "mix IPv4 and IPv6"),
+        (["no-such-host.invalid:1"], None, "cannot resolve 'no-such-host.invalid'"),
+    ],
+)
+def test_bad_targets_are_refused_clearly(
+    host: str | list[str], port: int | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        BlazeClient(host, port)
+
+
+async def test_both_clients_call_through_a_list_and_a_dns_target() -> None:
+    app = BlazeApp()
+
+    @app.model("echo")
+    async def echo(text: str) -> str:
+        return text
+
+    async with running(app) as server:
+        addresses = [f"127.0.0.1:{server.port}"] * 2
+        async with BlazeClient(f"dns:///127.0.0.1:{server.port}") as client:
+            assert await client.predict("echo", text="dns") == "dns"
+        async with BlazeClient(addresses) as client:
+            assert await client.predict("echo", text="list") == "list"
+
+        def sync_call() -> str:
+            with SyncBlazeClient(addresses) as client:
+                return client.predict("echo", text="sync")
+
+        assert await asyncio.to_thread(sync_call) == "sync"
+
+
+async def test_max_connection_age_makes_clients_reconnect_without_failing_calls() -> None:
+    """Each call tells which client connection it came on; an aged connection ends (GOAWAY)
+    and the client opens another, while a stream outliving the age still completes."""
+    app = BlazeApp()
+    app.limits = replace(app.limits, max_connection_age_s=0.3, max_connection_age_grace_s=5)
+
+    @app.model("peer")
+    async def peer(ctx: Context) -> str:
+        return ctx.peer
+
+    @app.model("ticks", streaming=True)
+    async def ticks(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            await asyncio.sleep(0.1)
+            yield i
+
+    async with running(app) as server, BlazeClient("127.0.0.1", server.port) as client:
+        stream = asyncio.ensure_future(_collect(client.stream("ticks", n=10)))
+        peers = set()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            peers.add(await client.predict("peer"))
+            await asyncio.sleep(0.02)
+        assert await stream == list(range(10))  # 1 s, past the 0.3 s age: the grace covers it
+    assert len(peers) >= 3, peers
+
+
+async def _collect(chunks: AsyncIterator[int]) -> list[int]:
+    return [c async for c in chunks]
