@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
+from typer.testing import CliRunner
 
 from blazerpc import BlazeApp, BlazeClient, Context, SyncBlazeClient
 from blazerpc.balancing import channel_target
+from blazerpc.cli import cli
+from blazerpc.server.server import Limits
 
 from .conftest import running
 
@@ -95,3 +98,16 @@ async def test_max_connection_age_makes_clients_reconnect_without_failing_calls(
 
 async def _collect(chunks: AsyncIterator[int]) -> list[int]:
     return [c async for c in chunks]
+
+
+def test_connection_age_and_keepalive_flags_become_server_options() -> None:
+    limits = Limits(max_connection_age_s=300, max_connection_age_grace_s=30, keepalive_time_s=15)
+    options = dict(limits.grpc_options(reuse_port=False))
+    assert options["grpc.max_connection_age_ms"] == 300_000
+    assert options["grpc.max_connection_age_grace_ms"] == 30_000
+    assert options["grpc.keepalive_time_ms"] == 15_000
+    assert "grpc.max_connection_age_ms" not in dict(Limits().grpc_options(reuse_port=False))
+
+    result = CliRunner().invoke(cli, ["serve", "app:app", "--max-connection-age-grace", "5"])
+    assert result.exit_code == 2
+    assert "--max-connection-age-grace needs --max-connection-age" in result.output

@@ -225,3 +225,24 @@ def test_dockerfile_runs_the_same_command_as_non_root(tmp_path: Path) -> None:
     assert flag(entrypoint, "--port") == "7000" and flag(entrypoint, "--workers") == "2"
     assert "EXPOSE 7000 9090" in lines
     assert ".venv" in (tmp_path / ".dockerignore").read_text()
+
+
+def test_names_come_from_the_app_and_model_names_must_fit_label_selectors() -> None:
+    from blazerpc import BlazeApp
+    from blazerpc.deploy import kubernetes
+    from blazerpc.deploy.spec import DeploySpec, default_name, models_of
+    from blazerpc.exceptions import ConfigurationError
+
+    assert default_name(BlazeApp("Fraud Scorer v2")) == "fraud-scorer-v2"
+    assert default_name(BlazeApp("2024 model")) == "blazerpc-2024-model"
+    app = BlazeApp()
+
+    long_name = "score-" + "x" * 60  # a valid model name, too long for a label selector
+
+    @app.model(long_name)
+    def score(x: int) -> int:
+        return x
+
+    spec = DeploySpec("m", "app:app", models_of(app), image="i")
+    with pytest.raises(ConfigurationError, match=f"'{long_name}' cannot be the label value"):
+        kubernetes.manifests(spec)

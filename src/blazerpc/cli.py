@@ -1,4 +1,5 @@
-"""The `blaze` command: `blaze serve MODULE:ATTR` and `blaze proto MODULE:ATTR`."""
+"""The `blaze` command: `blaze serve MODULE:ATTR`, `blaze proto MODULE:ATTR`, and `blaze deploy`
+(in deploy/cli.py)."""
 
 from __future__ import annotations
 

@@ -7,8 +7,10 @@ which rise as soon as calls wait, unlike CPU, which a model on a GPU barely move
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from ..exceptions import ConfigurationError
 from .spec import DeploySpec
 
 Manifest = dict[str, Any]
@@ -16,6 +18,7 @@ Manifest = dict[str, Any]
 IN_FLIGHT = "blazerpc_in_flight"
 QUEUE_DEPTH = "blazerpc_queue_depth"
 GPU = "nvidia.com/gpu"
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 def _metadata(spec: DeploySpec, name: str | None = None) -> dict[str, Any]:
@@ -133,6 +136,12 @@ def pod_disruption_budget(spec: DeploySpec) -> Manifest:
 def load_targets(spec: DeploySpec) -> list[tuple[str, str, int]]:
     """(metric, model, average per pod to scale at): in-flight calls of every model, and for
     a batching model a queue as long as its largest batch (the pod is a batch behind)."""
+    for m in spec.models:
+        if not _LABEL_VALUE.match(m.name):
+            raise ConfigurationError(
+                f"model name '{m.name}' cannot be the label value the autoscaler's metric "
+                "selector matches: at most 63 letters, digits, '-', '_' and '.'"
+            )
     targets = [(IN_FLIGHT, m.name, spec.target_in_flight) for m in spec.models]
     targets += [(QUEUE_DEPTH, m.name, m.max_batch_size) for m in spec.models if m.max_batch_size]
     return targets

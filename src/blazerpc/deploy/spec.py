@@ -11,9 +11,8 @@ from pathlib import Path
 from ..app import BlazeApp
 from ..exceptions import ConfigurationError
 
-# Kubernetes object names (Services need a DNS-1035 label: a letter first) and label values.
+# Kubernetes object names: Services need a DNS-1035 label, a letter first.
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,6 @@ class DeploySpec:
                 f"name '{self.name}' is not a Kubernetes name: lower-case letters, digits and "
                 "'-', starting with a letter, at most 63 characters (pass --name)"
             )
-        for model in self.models:
-            if not _LABEL_VALUE.match(model.name):
-                raise ConfigurationError(
-                    f"model name '{model.name}' cannot be a Prometheus label value the "
-                    "autoscaler selects on: letters, digits, '-', '_' and '.', at most 63"
-                )
         if self.max_replicas < self.replicas:
             raise ConfigurationError(
                 f"--max-replicas ({self.max_replicas}) is below --replicas ({self.replicas})"
@@ -126,4 +119,7 @@ def models_of(app: BlazeApp) -> tuple[ModelSpec, ...]:
 
 def default_name(app: BlazeApp) -> str:
     """The app's name as a Kubernetes name: `BlazeApp("Fraud Scorer")` -> `fraud-scorer`."""
-    return re.sub(r"[^a-z0-9]+", "-", app.name.lower()).strip("-")[:63].rstrip("-")
+    name = re.sub(r"[^a-z0-9]+", "-", app.name.lower()).strip("-")
+    if not name[:1].isalpha():
+        name = f"blazerpc-{name}"
+    return name[:63].rstrip("-")

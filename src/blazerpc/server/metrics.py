@@ -11,7 +11,7 @@ import functools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     REGISTRY,
@@ -23,7 +23,8 @@ from prometheus_client import (
     start_http_server,
 )
 
-from ..runtime.runner import ModelRunner
+if TYPE_CHECKING:
+    from ..runtime.runner import ModelRunner
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
