@@ -79,8 +79,10 @@ async def run_phase(
     else:
         for i in range(len(replicas.ports)):
             await asyncio.to_thread(replicas.restart, i)
-            successor = replicas.procs[i].pid
+            successor, deadline = replicas.procs[i].pid, time.monotonic() + 30
             while phase.served[successor] == 0:  # as a rollout waits for the new pod
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {i}'s successor got no calls in 30 s")
                 await asyncio.sleep(0.05)
     stop.set()
     await asyncio.gather(*loops)
@@ -140,10 +142,9 @@ def report(phases: list[Phase], args: argparse.Namespace) -> str:
     for p in phases:
         failures.update(p.failed)
     lines = [
-        harness.section_header(
-            "Three replicas: balance and rolling restarts",
-            [],
-        ).replace("- servers:\n", ""),
+        harness.section_header("Three replicas: balance and rolling restarts", []).removesuffix(
+            "\n- servers:"
+        ),
         "",
         f"Three `blaze serve tests.apps.production_app:app --grace-period 5` replicas on "
         f"127.0.0.1 and one `BlazeClient([three addresses])` in the benchmark process: "
@@ -152,7 +153,9 @@ def report(phases: list[Phase], args: argparse.Namespace) -> str:
         f"each a steady phase of {args.steady:.0f} s then a rolling restart of all three "
         "replicas (SIGTERM, successor on the same port, next once it serves). The machine was "
         "shared with other work while this ran; two cores measure balance and loss, not "
-        "scaling. Latency: unary calls, in the client, retries included.",
+        "scaling. Latency: unary calls, in the client, retries included (a call the draining "
+        "replica refused is retried on another). The rolling phase also includes three "
+        "successors importing and starting on the same two cores.",
         "",
         harness.markdown_table(
             [

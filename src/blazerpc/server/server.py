@@ -138,7 +138,7 @@ class Server:
             # Clients balancing on health stop sending here once they read NOT_SERVING; until
             # then their calls get the gate's UNAVAILABLE, which they retry elsewhere. Once
             # grpcio's shutdown begins, a call arriving would end CANCELLED, never retried.
-            await asyncio.sleep(min(HEALTH_NOTICE_S, grace or 0.0))
+            await asyncio.sleep(HEALTH_NOTICE_S if grace is None else min(HEALTH_NOTICE_S, grace))
         try:
             stopping = [self._grpc.stop(grace)]
             if self._http is not None:
