@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kserve.py
 	$(BIN)/python benchmarks/bench_workers.py
 	$(BIN)/python benchmarks/bench_replicas.py
+	$(BIN)/python benchmarks/bench_admission.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -7,11 +7,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import grpc
 import pytest
 from typer.testing import CliRunner
 
 from blazerpc import BlazeApp, BlazeClient, Context, SyncBlazeClient
-from blazerpc.balancing import channel_target
+from blazerpc.balancing import ADMISSION_HEADERS, channel_target
 from blazerpc.cli import cli
 from blazerpc.server.server import Limits
 
@@ -111,3 +112,30 @@ def test_connection_age_and_keepalive_flags_become_server_options() -> None:
     result = CliRunner().invoke(cli, ["serve", "app:app", "--max-connection-age-grace", "5"])
     assert result.exit_code == 2
     assert "--max-connection-age-grace needs --max-connection-age" in result.output
+
+
+async def test_headers_on_admission_only_for_clients_that_ask() -> None:
+    """A call with the admission metadata gets its headers before the model has produced
+    anything (gRPC then never retries it); a stock call gets them with the first answer.
+    Watched on a stream: grpcio's asyncio unary calls only surface headers at the end."""
+    app = BlazeApp()
+    release = asyncio.Event()
+
+    @app.model("wait", streaming=True)
+    async def wait(x: int) -> AsyncIterator[int]:
+        await release.wait()
+        yield x
+
+    async with running(app) as server:
+        request = app.schema.request_class(app.registry.get("wait").rpc)(x=1)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            method = channel.unary_stream("/blazerpc.InferenceService/PredictWait")
+            asks = method(request.SerializeToString(), metadata=[ADMISSION_HEADERS])
+            stock = method(request.SerializeToString())
+            await asyncio.wait_for(asks.initial_metadata(), 5)  # while the model waits
+            headers_of_stock = asyncio.ensure_future(stock.initial_metadata())
+            await asyncio.sleep(0.3)
+            assert not headers_of_stock.done()
+            release.set()
+            await asyncio.wait_for(headers_of_stock, 5)
+            assert len([m async for m in asks]) == len([m async for m in stock]) == 1

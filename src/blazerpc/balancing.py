@@ -3,10 +3,12 @@
 Every client channel uses gRPC's `round_robin` policy with client-side health checking, so a
 replica that reports NOT_SERVING (loading or draining) gets no new calls, and a retry policy
 that retries UNAVAILABLE. Retrying UNAVAILABLE is safe here because of a server contract: a
-BlazeRPC server sends its response headers as soon as it admits a call, before the model
-runs, and gRPC never retries a call once headers have arrived. So only a refusal (the
-draining or starting gate, or a connection that failed before admission) is ever retried,
-never a call that may have reached the model (one on a replica that died mid-call).
+call carrying the `ADMISSION_HEADERS` metadata gets its response headers as soon as the
+server admits it, before the model runs, and gRPC never retries a call once headers have
+arrived. So only a refusal (the draining or starting gate, or a connection that failed
+before admission) is ever retried, never a call that may have reached the model (one on a
+replica that died mid-call). Clients without a retry policy do not ask, and do not pay for
+the extra write of early headers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import socket
 from collections.abc import Sequence
 
 DEFAULT_PORT = 50051
+# Metadata a client sends to have the server send headers on admission (see above).
+ADMISSION_HEADERS = ("blazerpc-admission-headers", "1")
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 
 # gRPC caps maxAttempts at 5. Backoff is random in [0, current]: at most about 1.7 s in all,

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from .balancing import SERVICE_CONFIG, channel_target
+from .balancing import ADMISSION_HEADERS, SERVICE_CONFIG, channel_target
 from .codec import Codec
 from .exceptions import (
     BlazeRPCError,
@@ -163,7 +163,7 @@ class _Options:
     """Per-call settings kept apart from model inputs, so no parameter name can collide."""
 
     timeout: float | None
-    metadata: list[tuple[str, str]] | None
+    metadata: list[tuple[str, str]]
 
     def _setup(
         self,
@@ -188,11 +188,9 @@ class _Options:
 
     def _set_options(self, timeout: float | None, metadata: Metadata | None) -> None:
         self.timeout = timeout
-        if metadata is None:
-            self.metadata = None
-        else:
-            items = metadata.items() if isinstance(metadata, Mapping) else metadata
-            self.metadata = [(k.lower(), v) for k, v in items]
+        items = metadata.items() if isinstance(metadata, Mapping) else metadata or ()
+        # Every call asks for headers on admission, which makes its retries safe (balancing.py).
+        self.metadata = [*((k.lower(), v) for k, v in items), ADMISSION_HEADERS]
 
     def with_options(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
