@@ -4,6 +4,7 @@ run pods behind a headless Service; used by test_replicas.py and benchmarks/benc
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -34,11 +35,13 @@ class Replicas:
             wait_serving(self.ports[i], proc, timeout=30)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, error: type[BaseException] | None, *rest: object) -> None:
         for proc in self.procs:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if error is None:  # the replicas' logs are kept when something failed
+            shutil.rmtree(self._logs, ignore_errors=True)
 
     def _spawn(self, i: int) -> subprocess.Popen:
         args = [BLAZE, "serve", self._app, "--host", "127.0.0.1", "--port", str(self.ports[i])]
