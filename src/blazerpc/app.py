@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError
 from .injection import injected_marker
+from .policy import CallPolicy
 from .runtime.batcher import BatchSettings
 from .runtime.registry import ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
 from .server.metrics import BatchMetrics, serve_metrics
 from .server.middleware import MetricsMiddleware, Middleware
-from .server.policy import CallPolicy
 from .server.server import Limits, Server, ServerTLS, start_server
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -13,8 +13,8 @@ import asyncio
 from typing import Any
 
 from ..exceptions import ConfigurationError
+from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from ..server.policy import CallPolicy
 
 
 class HttpServer:

@@ -1,31 +1,27 @@
 """KServe v2 over gRPC: `inference.GRPCInferenceService`, served on the native service's port.
 
 A request's tensors become the model's keyword arguments (validated by the shared tensor
-checks), the call goes to the same runner the native service uses (so it batches with native
-calls), and every failure leaves through `status_of`, as it does natively.
+checks), and the call takes the same pipeline and runner as a native one (so it batches with
+native calls, and fails with the same status).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from functools import partial
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from ..exceptions import SerializationError, ValidationError, status_of
+from ..exceptions import SerializationError, ValidationError
+from ..pipeline import Failure, ModelCall, Wire, fail
+from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from ..server.middleware import lower_keys
-from ..server.policy import CallPolicy
-from .calls import Caller
+from .grpc_aio import ServicerContext, abort, grpc_caller, remaining
 from .kserve import messages as pb
 from .kserve.model import KServeModel, find, kserve_models, server_metadata
 from .kserve.tensors import CONTENTS_FIELDS
-
-logger = logging.getLogger("blazerpc.kserve")
 
 SERVICE_NAME = pb.SERVICE_NAME
 _STREAM_HINT = "call it with ModelStreamInfer"
@@ -85,10 +81,10 @@ def _response(model: KServeModel, request: Any, result: Any, raw: bool) -> Any:
     return response
 
 
-def _streamed(response: Any, marked: bool, *, final: bool) -> Any:
-    """A ModelStreamInfer message; `marked` when the client opted in to Triton's
+def _streamed(response: Any, request: Any, *, final: bool) -> Any:
+    """A ModelStreamInfer message; marked when the client opted in to Triton's
     `triton_final_response` flag, which tells it a request's last response has come."""
-    if marked:
+    if _bool_param(request, _FINAL_OPT_IN):
         response.parameters[_FINAL].bool_param = final
     return pb.ModelStreamInferResponse(infer_response=response)
 
@@ -97,11 +93,45 @@ def _empty_response(model: KServeModel, request: Any) -> Any:
     return pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
 
 
-def _caller(model: KServeModel, rpc: str, context: grpc.aio.ServicerContext) -> Caller:
-    return Caller(
-        f"/{SERVICE_NAME}/{rpc}/{model.name}",
-        lower_keys(context.invocation_metadata()),
-        context.peer(),
+async def _stream_error(context: ServicerContext, failure: Failure) -> Any:
+    return pb.ModelStreamInferResponse(error_message=failure.details)
+
+
+def _infer_call(model: KServeModel, policy: CallPolicy) -> ModelCall[Any, ServicerContext, bytes]:
+    """ModelInfer: the reply's bytes, or an abort."""
+    return ModelCall(
+        model.runner,
+        policy,
+        Wire(
+            protocol="KServe gRPC",
+            decode=lambda request: _kwargs(model, request),
+            encode=lambda request, result: _response(
+                model, request, result, _wants_raw(request)
+            ).SerializeToString(),
+            caller=grpc_caller(f"/{SERVICE_NAME}/ModelInfer/{model.name}"),
+            reject=abort,
+            timeout=remaining,
+        ),
+    )
+
+
+def _stream_call(model: KServeModel, policy: CallPolicy) -> ModelCall[Any, ServicerContext, Any]:
+    """ModelStreamInfer: one message per result (per chunk of a streaming model), or one
+    `error_message` on failure; the stream goes on either way."""
+    final = not model.streaming
+    return ModelCall(
+        model.runner,
+        policy,
+        Wire(
+            protocol="KServe gRPC",
+            decode=lambda request: _kwargs(model, request),
+            encode=lambda request, result: _streamed(
+                _response(model, request, result, _wants_raw(request)), request, final=final
+            ),
+            caller=grpc_caller(f"/{SERVICE_NAME}/ModelStreamInfer/{model.name}"),
+            reject=_stream_error,
+            timeout=remaining,
+        ),
     )
 
 
@@ -109,26 +139,22 @@ class KServeServicer:
     """The RPCs of GRPCInferenceService over the server's runners."""
 
     def __init__(self, runners: dict[str, ModelRunner], policy: CallPolicy) -> None:
-        self._models = kserve_models(runners, policy)
+        self._models = kserve_models(runners)
+        self._infer = {name: _infer_call(m, policy) for name, m in self._models.items()}
+        self._stream = {name: _stream_call(m, policy) for name, m in self._models.items()}
         self._gate = policy.gate
         self._server_metadata = pb.ServerMetadataResponse(**server_metadata())
 
     def _ready(self) -> bool:
         return self._gate.reason is None
 
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        code, details = status_of(exc)
-        if code is grpc.StatusCode.INTERNAL:
-            logger.error("KServe call failed", exc_info=exc)
-        await context.abort(code, details)
-
-    async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_live(self, request: Any, context: ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_ready(self, request: Any, context: ServicerContext) -> Any:
         return pb.ServerReadyResponse(ready=self._ready())
 
-    async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def model_ready(self, request: Any, context: ServicerContext) -> Any:
         model = self._models.get(request.name)
         ready = (
             model is not None
@@ -138,19 +164,17 @@ class KServeServicer:
         )
         return pb.ModelReadyResponse(ready=ready)
 
-    async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_metadata(self, request: Any, context: ServicerContext) -> Any:
         return self._server_metadata
 
-    async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def model_metadata(self, request: Any, context: ServicerContext) -> Any:
         try:
-            return pb.ModelMetadataResponse(
-                **find(self._models, request.name, request.version).metadata()
-            )
+            model = find(self._models, request.name, request.version)
         except Exception as exc:
-            await self._abort(context, exc)
-            raise  # unreachable: abort raises
+            await abort(context, fail(exc, "KServe gRPC ModelMetadata"))
+        return pb.ModelMetadataResponse(**model.metadata())
 
-    async def model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def model_infer(self, data: bytes, context: ServicerContext) -> bytes:
         try:
             try:
                 request = pb.ModelInferRequest.FromString(data)
@@ -160,46 +184,33 @@ class KServeServicer:
                 ) from None
             model = find(self._models, request.model_name, request.model_version)
             model.check_unary(_STREAM_HINT)
-            return await model.calls.unary(
-                partial(_kwargs, model, request),
-                lambda result: _response(
-                    model, request, result, _wants_raw(request)
-                ).SerializeToString(),
-                partial(_caller, model, "ModelInfer", context),
-                context.time_remaining(),
-            )
         except Exception as exc:
-            await self._abort(context, exc)
-            raise  # unreachable: abort raises
+            await abort(context, fail(exc, "KServe gRPC ModelInfer"))
+        return await self._infer[model.name].unary(request, context)
 
     async def model_stream_infer(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[Any], context: ServicerContext
     ) -> AsyncIterator[Any]:
         """Each request in turn: a streaming model answers one response per chunk, any other
         model one response. A failed request answers `error_message`; the stream goes on."""
         async for request in requests:
             try:
                 model = find(self._models, request.model_name, request.model_version)
-                decode = partial(_kwargs, model, request)
-                respond = partial(_response, model, request, raw=_wants_raw(request))
-                caller = partial(_caller, model, "ModelStreamInfer", context)
-                marked = _bool_param(request, _FINAL_OPT_IN)
-                if model.streaming:
-                    async with aclosing(model.calls.stream(decode, caller)) as chunks:
-                        async for chunk in chunks:
-                            yield _streamed(respond(chunk), marked, final=False)
-                    if marked:
-                        yield _streamed(_empty_response(model, request), marked, final=True)
-                else:
-                    response = await model.calls.unary(
-                        decode, respond, caller, context.time_remaining()
-                    )
-                    yield _streamed(response, marked, final=True)
             except Exception as exc:
-                code, details = status_of(exc)
-                if code is grpc.StatusCode.INTERNAL:
-                    logger.error("KServe stream call failed", exc_info=exc)
-                yield pb.ModelStreamInferResponse(error_message=details)
+                yield await _stream_error(context, fail(exc, "KServe gRPC ModelStreamInfer"))
+                continue
+            call = self._stream[model.name]
+            if not model.streaming:
+                yield await call.unary(request, context)
+                continue
+            last = None
+            async with aclosing(call.stream(request, context)) as responses:
+                async for last in responses:
+                    yield last
+            # A request whose stream failed ended with its error_message: no final flag after.
+            failed = last is not None and bool(last.error_message)
+            if _bool_param(request, _FINAL_OPT_IN) and not failed:
+                yield _streamed(_empty_response(model, request), request, final=True)
 
 
 def add_kserve_service(

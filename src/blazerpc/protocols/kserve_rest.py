@@ -9,20 +9,17 @@ answer `{"error": details}` with the HTTP status of the same failure's gRPC stat
 from __future__ import annotations
 
 import json
-import logging
-from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from grpc import StatusCode
 
-from ..exceptions import ValidationError, status_of
+from ..exceptions import ValidationError
+from ..pipeline import Failure, ModelCall, Wire, fail
+from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from ..server.policy import CallPolicy
-from .calls import Caller
+from .http_wire import http_caller, json_response
 from .kserve.model import KServeModel, find, kserve_models, server_metadata
-
-logger = logging.getLogger("blazerpc.kserve")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _STREAM_HINT = "call it with ModelStreamInfer over gRPC, or at POST /jsonrpc/stream/<model>"
@@ -47,15 +44,19 @@ HTTP_STATUS = {
 }
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(body), status=status, content_type="application/json")
+def _error(failure: Failure) -> web.Response:
+    return json_response({"error": failure.details}, HTTP_STATUS.get(failure.code, 500))
 
 
-def _failure(exc: BaseException) -> web.Response:
-    code, details = status_of(exc)
-    if code is StatusCode.INTERNAL:
-        logger.error("KServe REST call failed", exc_info=exc)
-    return _json({"error": details}, HTTP_STATUS.get(code, 500))
+async def _reject(request: web.Request, failure: Failure) -> web.Response:
+    return _error(failure)
+
+
+class _Body(NamedTuple):
+    """An inference request: its JSON header and the binary tensor data after it."""
+
+    doc: dict[str, Any]
+    binary: memoryview
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
@@ -131,11 +132,6 @@ def _binary_output(doc: dict[str, Any]) -> bool:
     return default
 
 
-def _caller(model: KServeModel, request: web.Request) -> Caller:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    return Caller(f"/v2/models/{model.name}/infer", headers, request.remote or "")
-
-
 def _response(
     model: KServeModel, doc: dict[str, Any], result: Any, *, binary: bool
 ) -> web.Response:
@@ -157,7 +153,7 @@ def _response(
                     '("binary_data": true)'
                 ) from None
         tensor["data"] = elements
-        return _json(head)
+        return json_response(head)
     tensor["parameters"] = {"binary_data_size": len(data)}
     header = json.dumps(head).encode()
     return web.Response(
@@ -167,11 +163,28 @@ def _response(
     )
 
 
+def _infer_call(model: KServeModel, policy: CallPolicy) -> ModelCall[_Body, web.Request, Any]:
+    return ModelCall(
+        model.runner,
+        policy,
+        Wire(
+            protocol="KServe REST",
+            decode=lambda body: _kwargs(model, body.doc, body.binary),
+            encode=lambda body, result: _response(
+                model, body.doc, result, binary=_binary_output(body.doc)
+            ),
+            caller=http_caller(f"/v2/models/{model.name}/infer"),
+            reject=_reject,
+        ),
+    )
+
+
 class KServeRest:
     """The REST routes over the server's runners."""
 
     def __init__(self, runners: dict[str, ModelRunner], policy: CallPolicy) -> None:
-        self._models = kserve_models(runners, policy)
+        self._models = kserve_models(runners)
+        self._infer = {name: _infer_call(m, policy) for name, m in self._models.items()}
         self._gate = policy.gate
 
     def _ready(self) -> bool:
@@ -182,7 +195,7 @@ class KServeRest:
         return find(self._models, info["name"], info.get("version", ""))
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json(server_metadata())
+        return json_response(server_metadata())
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -192,15 +205,15 @@ class KServeRest:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         try:
-            return _json(self._find(request).metadata())
+            return json_response(self._find(request).metadata())
         except Exception as exc:
-            return _failure(exc)
+            return _error(fail(exc, "KServe REST model metadata"))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
             self._find(request)
         except Exception as exc:
-            return _failure(exc)
+            return _error(fail(exc, "KServe REST model readiness"))
         return web.Response(status=200 if self._ready() else 400)
 
     async def infer(self, request: web.Request) -> web.Response:
@@ -210,14 +223,9 @@ class KServeRest:
             doc, binary = _split_body(await request.read(), request.headers.get(HEADER_LENGTH))
             if not isinstance(doc, dict):
                 raise ValidationError("the inference request must be a JSON object")
-            return await model.calls.unary(
-                partial(_kwargs, model, doc, binary),
-                partial(_response, model, doc, binary=_binary_output(doc)),
-                partial(_caller, model, request),
-                None,
-            )
         except Exception as exc:
-            return _failure(exc)
+            return _error(fail(exc, "KServe REST inference"))
+        return await self._infer[model.name].unary(_Body(doc, binary), request)
 
 
 def add_kserve_routes(

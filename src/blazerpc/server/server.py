@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ..exceptions import ConfigurationError
+from ..policy import CallPolicy
 from ..protocols.http import HttpServer, start_http_server
 from ..protocols.kserve_grpc import add_kserve_service
 from ..runtime.batcher import BatchObserver, BatchSettings, BatchStats
@@ -21,7 +22,6 @@ from ..runtime.runner import ModelRunner
 from ..schema import SERVICE_FULL_NAME, Schema
 from .handlers import model_handlers
 from .health import NOT_SERVING, SERVING, Health
-from .policy import CallPolicy
 from .reflection import enable_reflection
 
 

@@ -7,10 +7,9 @@ from typing import Any
 
 from grpc import StatusCode
 
+from ..._version import __version__
 from ...exceptions import ModelNotFoundError, RPCError, ValidationError
 from ...runtime.runner import ModelRunner
-from ...server.policy import CallPolicy
-from ..calls import ModelCalls
 from .tensors import InputSpec, OutputSpec, Unsupported
 
 PLATFORM = "blazerpc"
@@ -18,8 +17,6 @@ EXTENSIONS = ["binary_tensor_data"]
 
 
 def server_metadata() -> dict[str, Any]:
-    from ... import __version__
-
     return {"name": "blazerpc", "version": __version__, "extensions": EXTENSIONS}
 
 
@@ -27,9 +24,9 @@ class KServeModel:
     """A model's KServe view. Models whose parameters or result have no tensor form (a
     dataclass, a dict) are listed but refuse KServe calls with UNIMPLEMENTED, saying why."""
 
-    def __init__(self, runner: ModelRunner, policy: CallPolicy) -> None:
+    def __init__(self, runner: ModelRunner) -> None:
         entry = runner.entry
-        self.calls = ModelCalls(runner, policy)
+        self.runner = runner
         self.name, self.version, self.streaming = entry.name, entry.version, entry.streaming
         self.unsupported: str | None = None
         self.inputs: dict[str, InputSpec] = {}
@@ -113,8 +110,8 @@ class KServeModel:
         return {**self._defaults, **received}
 
 
-def kserve_models(runners: dict[str, ModelRunner], policy: CallPolicy) -> dict[str, KServeModel]:
-    return {name: KServeModel(runner, policy) for name, runner in runners.items()}
+def kserve_models(runners: dict[str, ModelRunner]) -> dict[str, KServeModel]:
+    return {name: KServeModel(runner) for name, runner in runners.items()}
 
 
 def find(models: dict[str, KServeModel], name: str, version: str) -> KServeModel:

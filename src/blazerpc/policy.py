@@ -13,10 +13,10 @@ from typing import Any
 
 from grpc import StatusCode
 
-from ..exceptions import RPCError, status_of
-from .middleware import Middleware, RequestEvent, ResponseEvent
+from .exceptions import RPCError, status_of
+from .server.middleware import Middleware, RequestEvent, ResponseEvent
 
-logger = logging.getLogger("blazerpc.server")
+logger = logging.getLogger("blazerpc.calls")
 
 
 class Gate:
@@ -45,9 +45,14 @@ class CallPolicy:
     app_state: Any = None
 
     @asynccontextmanager
-    async def observed(self, event: RequestEvent) -> AsyncIterator[None]:
+    async def observed(self, event: RequestEvent | None) -> AsyncIterator[None]:
         """The gate and middleware around one call: `on_request` in order (any may reject it),
-        then the call, then `on_response` in reverse order with the status it ended with."""
+        then the call, then `on_response` in reverse order with the status it ended with.
+        `event` may be None only where there is no middleware to see it."""
+        if event is None or not self.middleware:
+            self.gate.admit()
+            yield
+            return
         start, status = time.perf_counter(), StatusCode.OK
         try:
             self.gate.admit()

@@ -1,0 +1,177 @@
+"""The one path of a model call, whichever protocol carries it.
+
+admit (the gate) -> middleware `on_request` -> decode -> inject Context/Depends -> the model's
+runner (direct, batched or streaming) -> encode -> middleware `on_response`. Any failure on the
+way is mapped to its status, and a server fault logged, by `fail`, once, then handed to the
+protocol to answer in its own form. A protocol adapter supplies only a `Wire`: how its request
+becomes keyword arguments, how a result becomes its reply, and how it answers a failure.
+Everything is compiled per model and route at start-up; without middleware a call pays
+for the gate and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from grpc import StatusCode
+
+from .exceptions import status_of
+from .injection import Context, injector
+from .policy import CallPolicy
+from .runtime.runner import ModelRunner
+from .server.middleware import RequestEvent
+
+logger = logging.getLogger("blazerpc.calls")
+
+Req = TypeVar("Req")
+Ctx = TypeVar("Ctx")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How a call ended when it did not succeed: a gRPC status and the details to show."""
+
+    code: StatusCode
+    details: str
+
+
+def fail(exc: BaseException, where: str) -> Failure:
+    """The status a call ends with when `exc` escapes it (the table in `exceptions`). A server
+    fault (INTERNAL) is logged here with its traceback, and nowhere else."""
+    code, details = status_of(exc)
+    if code is StatusCode.INTERNAL:
+        logger.error("%s failed", where, exc_info=exc)
+    return Failure(code, details)
+
+
+def _no_timeout(ctx: Any) -> float | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Wire(Generic[Req, Ctx, Out]):
+    """What one protocol route supplies: its request `Req` (already parsed to its own form),
+    the transport's per-call context `Ctx`, and its reply `Out`.
+
+    `decode` raises ValidationError naming the field; `caller` is only asked for when
+    middleware or injection need it; `reject` answers a failure (it may raise, as a gRPC
+    abort does); `timeout` is the seconds the caller still waits, for batch deadlines.
+    """
+
+    protocol: str
+    decode: Callable[[Req], dict[str, Any]]
+    encode: Callable[[Req, Any], Out]
+    caller: Callable[[Req, Ctx], RequestEvent]
+    reject: Callable[[Ctx, Failure], Awaitable[Out]]
+    timeout: Callable[[Ctx], float | None] = _no_timeout
+
+
+async def _close(chunks: AsyncIterator[Any]) -> None:
+    """Finish a model's generator: CancelledError where it is suspended, then close it, so
+    a model sees the same exception whether its caller left or was cancelled."""
+    try:
+        await chunks.athrow(asyncio.CancelledError())  # type: ignore[attr-defined]
+    except (asyncio.CancelledError, StopAsyncIteration, RuntimeError):
+        pass
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+class ModelCall(Generic[Req, Ctx, Out]):
+    """Calls into one model over one route. `unary(request, ctx)` answers a unary call (the
+    reply, or whatever `reject` answers); `stream(request, ctx)` yields a streaming model's
+    encoded chunks and, if it fails, `reject`'s answer last."""
+
+    unary: Callable[[Req, Ctx], Awaitable[Out]]
+
+    def __init__(self, runner: ModelRunner, policy: CallPolicy, wire: Wire[Req, Ctx, Out]):
+        entry = runner.entry
+        self.name = entry.name
+        self._runner, self._policy, self._wire = runner, policy, wire
+        self._where = f"model '{entry.name}' over {wire.protocol}"
+        self._inject = injector(entry.signature.injected) if entry.signature.injected else None
+        if not entry.streaming:
+            self.unary = self._plain_unary() if not policy.middleware else self._observed_unary()
+
+    async def _arguments(self, request: Req, ctx: Ctx, caller: RequestEvent | None) -> Any:
+        kwargs = self._wire.decode(request)
+        if self._inject is not None:
+            if caller is None:
+                caller = self._wire.caller(request, ctx)
+            state = self._policy.app_state
+            kwargs.update(
+                await self._inject(Context(caller.metadata, caller.peer, caller.method_name, state))
+            )
+        return kwargs
+
+    def _plain_unary(self) -> Callable[[Req, Ctx], Awaitable[Out]]:
+        gate, predict = self._policy.gate, self._runner.predict
+        decode, encode, reject, timeout = (
+            self._wire.decode,
+            self._wire.encode,
+            self._wire.reject,
+            self._wire.timeout,
+        )
+        where, arguments = self._where, self._arguments
+
+        if self._inject is None:
+
+            async def unary(request: Req, ctx: Ctx) -> Out:
+                try:
+                    gate.admit()
+                    return encode(request, await predict(decode(request), timeout(ctx)))
+                except Exception as exc:
+                    return await reject(ctx, fail(exc, where))
+
+            return unary
+
+        async def unary_injected(request: Req, ctx: Ctx) -> Out:
+            try:
+                gate.admit()
+                kwargs = await arguments(request, ctx, None)
+                return encode(request, await predict(kwargs, timeout(ctx)))
+            except Exception as exc:
+                return await reject(ctx, fail(exc, where))
+
+        return unary_injected
+
+    def _observed_unary(self) -> Callable[[Req, Ctx], Awaitable[Out]]:
+        observed, predict, wire = self._policy.observed, self._runner.predict, self._wire
+        where, arguments = self._where, self._arguments
+
+        async def unary_observed(request: Req, ctx: Ctx) -> Out:
+            try:
+                caller = wire.caller(request, ctx)
+                async with observed(caller):
+                    kwargs = await arguments(request, ctx, caller)
+                    return wire.encode(request, await predict(kwargs, wire.timeout(ctx)))
+            except Exception as exc:
+                return await wire.reject(ctx, fail(exc, where))
+
+        return unary_observed
+
+    async def stream(self, request: Req, ctx: Ctx) -> AsyncIterator[Out]:
+        """Closing this iterator closes the model's generator (CancelledError inside it)."""
+        wire = self._wire
+        try:
+            caller = None
+            if self._policy.middleware:
+                caller = wire.caller(request, ctx)
+            async with self._policy.observed(caller):
+                chunks = self._runner.stream(await self._arguments(request, ctx, caller))
+                try:
+                    async for chunk in chunks:
+                        yield wire.encode(request, chunk)
+                except (asyncio.CancelledError, GeneratorExit):  # the caller left or gave up
+                    await _close(chunks)
+                    raise
+                except Exception:
+                    await chunks.aclose()  # type: ignore[attr-defined]
+                    raise
+        except Exception as exc:
+            yield await wire.reject(ctx, fail(exc, self._where))
