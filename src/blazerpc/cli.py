@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from .app import BlazeApp
 from .exceptions import ConfigurationError
+from .launch import load_app, usage_error
+from .launch import run as run  # re-exported: `blazerpc.cli.run` predates launch.py
 from .schema import FILE_NAME
 from .server.server import ServerTLS
 from .server.workers import ServeConfig, serve_process, serve_with_reload, supervise
@@ -29,45 +27,6 @@ AppPath = Annotated[str, typer.Argument(help="The app to load, as MODULE:ATTR, e
 AppDir = Annotated[
     Path, typer.Option(help="Directory to import the app from (the current one is always used)")
 ]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"Error: {message}", err=True, fg="red")
-    return typer.Exit(2)
-
-
-def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
-    """Import `MODULE:ATTR` as uvicorn does; each way it can go wrong is one clear line."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise _fail(f"'{target}' is not of the form MODULE:ATTR (for example main:app)")
-    for path in {str(Path(app_dir).resolve()), str(Path.cwd())}:
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise _fail(f"cannot import module '{module_name}'") from None
-        raise
-    app: Any = module
-    for part in attr.split("."):
-        app = getattr(app, part, None)
-        if app is None:
-            raise _fail(f"module '{module_name}' has no attribute '{attr}'")
-    if not isinstance(app, BlazeApp):
-        raise _fail(f"'{target}' is a {type(app).__name__}, not a BlazeApp")
-    return app
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (a faster loop for the same code), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
 
 
 def banner(
@@ -130,9 +89,9 @@ def serve(
 ) -> None:
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
     if reload and workers > 1:
-        raise _fail("--reload and --workers cannot be combined")
+        raise usage_error("--reload and --workers cannot be combined")
     if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
-        raise _fail("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
+        raise usage_error("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
     tls = None
     if tls_cert is not None and tls_key is not None:
         tls = ServerTLS(str(tls_cert), str(tls_key), str(tls_client_ca) if tls_client_ca else None)
@@ -157,7 +116,7 @@ def serve(
         else:
             serve_process(config)
     except ConfigurationError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
 
 
 @cli.command()

@@ -45,7 +45,7 @@ class ServeConfig:
 
 def serve_process(config: ServeConfig, ready: Any = None) -> None:
     """Load the app and serve it in this process until SIGTERM or SIGINT."""
-    from ..cli import load_app, run  # the CLI owns importing the user's app
+    from ..launch import load_app, run
     from .middleware import MetricsMiddleware
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -102,7 +102,7 @@ def supervise(config: ServeConfig, workers: int) -> int:
     """Run `workers` serving processes until a signal; returns the exit status."""
     ctx = multiprocessing.get_context("spawn")
     if config.metrics_port is None:  # BlazeApp(metrics_port=...): served here, for all workers
-        from ..cli import load_app
+        from ..launch import load_app
 
         app_metrics_port = load_app(config.app_path, config.app_dir).metrics_port
         config = replace(config, metrics_port=app_metrics_port)
