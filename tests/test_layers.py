@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "blazerpc.runtime.registry",
         ),
     ),
-    ("values", ("blazerpc.codec", "blazerpc.schema")),
+    ("values", ("blazerpc.convert", "blazerpc.codec", "blazerpc.schema")),
     ("runtime", ("blazerpc.runtime",)),
     ("client", ("blazerpc.client",)),
     (

@@ -19,7 +19,8 @@ from typing import Any, Generic, TypeVar
 
 from grpc import StatusCode
 
-from .exceptions import status_of
+from .convert import WrongResult
+from .exceptions import InferenceError, status_of
 from .injection import Context, injector
 from .policy import CallPolicy
 from .runtime.runner import ModelRunner
@@ -47,6 +48,17 @@ def fail(exc: BaseException, where: str) -> Failure:
     if code is StatusCode.INTERNAL:
         logger.error("%s failed", where, exc_info=exc)
     return Failure(code, details)
+
+
+def _failure(model: str, where: str) -> Callable[[Exception], Failure]:
+    def failure(exc: Exception) -> Failure:
+        if isinstance(exc, WrongResult):  # the same verdict, and words, on every protocol
+            wrong = InferenceError(f"model '{model}' {exc}")
+            wrong.__cause__ = exc
+            return fail(wrong, where)
+        return fail(exc, where)
+
+    return failure
 
 
 def _no_timeout(ctx: Any) -> float | None:
@@ -93,7 +105,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
         entry = runner.entry
         self.name = entry.name
         self._runner, self._policy, self._wire = runner, policy, wire
-        self._where = f"model '{entry.name}' over {wire.protocol}"
+        self._failure = _failure(entry.name, f"model '{entry.name}' over {wire.protocol}")
         self._inject = injector(entry.signature.injected) if entry.signature.injected else None
         if not entry.streaming:
             self.unary = self._plain_unary() if not policy.middleware else self._observed_unary()
@@ -117,7 +129,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
             self._wire.reject,
             self._wire.timeout,
         )
-        where, arguments = self._where, self._arguments
+        failure, arguments = self._failure, self._arguments
 
         if self._inject is None:
 
@@ -126,7 +138,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
                     gate.admit()
                     return encode(request, await predict(decode(request), timeout(ctx)))
                 except Exception as exc:
-                    return await reject(ctx, fail(exc, where))
+                    return await reject(ctx, failure(exc))
 
             return unary
 
@@ -136,13 +148,13 @@ class ModelCall(Generic[Req, Ctx, Out]):
                 kwargs = await arguments(request, ctx, None)
                 return encode(request, await predict(kwargs, timeout(ctx)))
             except Exception as exc:
-                return await reject(ctx, fail(exc, where))
+                return await reject(ctx, failure(exc))
 
         return unary_injected
 
     def _observed_unary(self) -> Callable[[Req, Ctx], Awaitable[Out]]:
         observed, predict, wire = self._policy.observed, self._runner.predict, self._wire
-        where, arguments = self._where, self._arguments
+        failure, arguments = self._failure, self._arguments
 
         async def unary_observed(request: Req, ctx: Ctx) -> Out:
             try:
@@ -151,7 +163,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
                     kwargs = await arguments(request, ctx, caller)
                     return wire.encode(request, await predict(kwargs, wire.timeout(ctx)))
             except Exception as exc:
-                return await wire.reject(ctx, fail(exc, where))
+                return await wire.reject(ctx, failure(exc))
 
         return unary_observed
 
@@ -174,4 +186,4 @@ class ModelCall(Generic[Req, Ctx, Out]):
                     await chunks.aclose()  # type: ignore[attr-defined]
                     raise
         except Exception as exc:
-            yield await wire.reject(ctx, fail(exc, self._where))
+            yield await wire.reject(ctx, self._failure(exc))

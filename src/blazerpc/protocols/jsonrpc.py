@@ -87,8 +87,7 @@ class _Model:
         entry = runner.entry
         self.name, self.streaming = entry.name, entry.streaming
         read = fields_decoder(entry.signature.params)
-        to_json = encoder(entry.signature.result.type)
-        encode = lambda value: None if value is None else to_json(value)  # noqa: E731
+        encode = encoder(entry.signature.result)
 
         def decode(params: Params) -> dict[str, Any]:
             return read(params, "")

@@ -75,7 +75,7 @@ def _response(model: KServeModel, request: Any, result: Any, raw: bool) -> Any:
     )
     tensor = response.outputs.add(name=output.name, datatype=output.datatype, shape=shape)
     if raw or output.datatype == "FP16":
-        response.raw_output_contents.append(data)
+        response.raw_output_contents.append(output.raw(data))
     else:
         getattr(tensor.contents, CONTENTS_FIELDS[output.datatype]).extend(output.elements(data))
     return response

@@ -154,10 +154,11 @@ def _response(
                 ) from None
         tensor["data"] = elements
         return json_response(head)
-    tensor["parameters"] = {"binary_data_size": len(data)}
+    raw = output.raw(data)
+    tensor["parameters"] = {"binary_data_size": len(raw)}
     header = json.dumps(head).encode()
     return web.Response(
-        body=header + data,
+        body=header + raw,
         content_type="application/octet-stream",
         headers={HEADER_LENGTH: str(len(header))},
     )
