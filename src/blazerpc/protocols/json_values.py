@@ -42,6 +42,13 @@ def _wrong(path: str, expected: str, value: Any) -> ValidationError:
     return ValidationError(f"field '{path}': expected {expected}, got {_kind(value)}", field=path)
 
 
+def is_shape(value: Any) -> bool:
+    """A JSON array of integers (a JSON `true` is no dimension, though Python's bool is an int)."""
+    return isinstance(value, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) for d in value
+    )
+
+
 def _base64(value: Any, path: str) -> bytes:
     if not isinstance(value, str):
         raise _wrong(path, "a base64 string", value)
@@ -77,9 +84,7 @@ def _tensor_decoder(spec: Tensor) -> Decode:
         if not isinstance(value, dict) or not {"shape", "dtype", "data"} <= value.keys():
             raise _wrong(path, 'a tensor object {"shape", "dtype", "data"}', value)
         shape, dtype = value["shape"], value["dtype"]
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shape
-        ):
+        if not is_shape(shape):
             raise _wrong(f"{path}.shape", "an array of integers", shape)
         if not isinstance(dtype, str):
             raise _wrong(f"{path}.dtype", "a string", dtype)

@@ -19,6 +19,7 @@ from ..pipeline import Failure, ModelCall, Wire, fail
 from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
 from .http_wire import http_caller, json_response
+from .json_values import is_shape
 from .kserve.model import KServeModel, find, kserve_models, server_metadata
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -82,9 +83,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview
 
 def _shape(tensor: dict[str, Any], name: str) -> list[int]:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in shape
-    ):
+    if not is_shape(shape):
         raise ValidationError(f"input '{name}': shape must be an array of integers", field=name)
     return shape
 
