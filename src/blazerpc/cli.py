@@ -104,7 +104,7 @@ def serve(
         tls,
         metrics_port,
         max_message_mb,
-        options={} if http_port is None else {"http_port": http_port},
+        http_port=http_port,
     )
     app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
     typer.echo(banner(app, host, port, workers=workers, tls=tls is not None, http_port=http_port))

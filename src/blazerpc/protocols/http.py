@@ -25,9 +25,9 @@ class HttpServer:
         self._in_flight = in_flight
         self.port = port
 
-    async def stop(self, grace: float | None) -> None:
+    async def stop(self, grace: float) -> None:
         """Stop listening, let requests in flight (event streams too) finish within `grace`
-        seconds (None: however long they take), cancel the rest, close every connection."""
+        seconds (0: none), cancel the rest, close every connection."""
         for site in list(self._runner.sites):
             await site.stop()
         if self._in_flight:

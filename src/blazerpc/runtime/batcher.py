@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -303,32 +304,49 @@ class Batcher:
         if not counted:
             self._running += 1
         start = time.perf_counter()
-        stats = self.stats
         waits = [start - p.enqueued for p in batch]
+        self.stats.queue_seconds += sum(waits)
+        finish: Callable[[], None] | None = partial(self._finished, len(batch), start, waits)
         try:
-            stats.queue_seconds += sum(waits)
-            try:
-                results = self.plan.split(await self._invoke(self.plan.merge(batch)), batch)
-            except Exception as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                return
-            for p, result in zip(batch, results, strict=True):
-                if p.future.done():
-                    continue
-                if isinstance(result, Exception):
-                    p.future.set_exception(result)
-                else:
-                    p.future.set_result(result)
+            call = self._invoke(self.plan.merge(batch))
+            if asyncio.isfuture(call):  # in a thread
+                try:
+                    output = await asyncio.shield(call)
+                except asyncio.CancelledError:
+                    # A thread cannot be stopped: the call keeps its slot (and counts against
+                    # max_concurrent_batches) until it really returns.
+                    call.add_done_callback(lambda _, done=finish: done())
+                    finish = None
+                    raise
+            else:  # a coroutine, which cancelling its caller stops
+                output = await call
+            results = self.plan.split(output, batch)
+        except Exception as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
         finally:
-            self._running -= 1
-            finished = time.perf_counter()
-            stats.batches += 1
-            stats.batch_sizes[len(batch)] += 1
-            stats.model_seconds += finished - start
-            if self.observer is not None:
-                self.observer.batch(len(batch), waits, finished - start)
-            self._last_size, self._last_finished = len(batch), finished
-            if self._queue:
-                self._wakeup.set()
+            if finish is not None:
+                finish()
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(result, Exception):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    def _finished(self, size: int, start: float, waits: list[float]) -> None:
+        """Give back a batch's slot and account for it."""
+        self._running -= 1
+        finished = time.perf_counter()
+        stats = self.stats
+        stats.batches += 1
+        stats.batch_sizes[size] += 1
+        stats.model_seconds += finished - start
+        if self.observer is not None:
+            self.observer.batch(size, waits, finished - start)
+        self._last_size, self._last_finished = size, finished
+        if self._queue:
+            self._wakeup.set()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,26 @@ class Limits:
 
 
 Hook = Callable[[], Awaitable[None]]
+Step = Callable[[], Awaitable[None] | None]
+logger = logging.getLogger("blazerpc.server")
+
+
+async def run_every(steps: Iterable[tuple[str, Step]]) -> None:
+    """Run each (name, step) in order, each even if an earlier one failed; then raise the
+    first failure (later ones are logged, so none goes unseen)."""
+    first: Exception | None = None
+    for name, step in steps:
+        try:
+            done = step()
+            if done is not None:
+                await done
+        except Exception as exc:
+            if first is None:
+                first = exc
+            else:
+                logger.error("%s failed too", name, exc_info=exc)
+    if first is not None:
+        raise first
 
 
 class Server:
@@ -114,23 +135,34 @@ class Server:
 
     async def stop(self, grace: float | None = 30.0) -> None:
         """Drain: report NOT_SERVING, refuse new calls with UNAVAILABLE, let calls in flight
-        (queued in a batch, running, streaming) finish within `grace` seconds, then cancel."""
+        (queued in a batch, running, streaming) finish within `grace` seconds, then cancel
+        them. `grace` None or 0: cancel at once (gRPC and HTTP alike). Every step runs even
+        if an earlier one fails; the first failure is raised at the end."""
         if self._stopped:
             return
         self._stopped = True
-        self._policy.gate.close("the server is shutting down")
-        await self.health.set_all(NOT_SERVING, draining=True)
-        try:
-            stopping = [self._grpc.stop(grace)]
-            if self._http is not None:
-                stopping.append(self._http.stop(grace))
-            await asyncio.gather(*stopping)
-        finally:
-            for runner in self.runners.values():
-                await runner.stop()
-            if self._on_stop is not None:
-                await self._on_stop()
-            self._executor.shutdown()
+        grace = grace or 0.0
+        await run_every(
+            [
+                (
+                    "closing the gate",
+                    lambda: self._policy.gate.close("the server is shutting down"),
+                ),
+                ("reporting NOT_SERVING", lambda: self.health.set_all(NOT_SERVING, draining=True)),
+                ("draining calls in flight", lambda: self._drain(grace)),
+                *((f"stopping model '{n}'", r.stop) for n, r in self.runners.items()),
+                *([("the shut-down hooks", self._on_stop)] if self._on_stop is not None else []),
+                ("stopping the model threads", self._executor.shutdown),
+            ]
+        )
+
+    async def _drain(self, grace: float) -> None:
+        stopping = [self._grpc.stop(grace)]
+        if self._http is not None:
+            stopping.append(self._http.stop(grace))
+        for result in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
 
 
 async def start_server(
@@ -167,25 +199,33 @@ async def start_server(
     add_kserve_service(server, runners, policy)
     enable_reflection(server, schema)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if tls is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, tls.credentials())
-    except RuntimeError as exc:
-        raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
-    if bound == 0:
-        raise ConfigurationError(f"cannot listen on {address}")
     http = None
-    if http_port is not None:
-        http = await start_http_server(
-            runners,
-            policy,
-            host=host,
-            port=http_port,
-            max_body_bytes=limits.max_message_bytes,
-            reuse_port=reuse_port,
-        )
+    try:
+        # HTTP first: a grpc.aio server that never started keeps its port until it is
+        # collected, while an HTTP server that did start can be stopped for certain.
+        if http_port is not None:
+            http = await start_http_server(
+                runners,
+                policy,
+                host=host,
+                port=http_port,
+                max_body_bytes=limits.max_message_bytes,
+                reuse_port=reuse_port,
+            )
+        try:
+            if tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, tls.credentials())
+        except RuntimeError as exc:
+            raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
+        if bound == 0:
+            raise ConfigurationError(f"cannot listen on {address}")
+    except BaseException:  # nothing may stay bound or running: the HTTP port, the threads
+        if http is not None:
+            await http.stop(0)
+        executor.shutdown()
+        raise
     for runner in runners.values():
         runner.start()
     await server.start()

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class ServeConfig:
     metrics_port: int | None = None
     max_message_mb: float | None = None
     reuse_port: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    http_port: int | None = None
 
 
 def serve_process(config: ServeConfig, ready: Any = None) -> None:
@@ -67,7 +67,7 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
             tls=config.tls,
             reuse_port=config.reuse_port,
             on_ready=ready.set if ready is not None else None,
-            **config.options,
+            http_port=config.http_port,
         )
 
     run(main())
