@@ -24,6 +24,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 
 # Benchmarks need h2load (Debian: nghttp2-client); installed here when missing.
 bench: $(STAMP)

@@ -126,7 +126,7 @@ _ERRORS: dict[grpc.StatusCode, type[BlazeRPCError]] = {
 
 def _error(exc: grpc.RpcError) -> BlazeRPCError:
     """The library exception for a failed call, carrying its gRPC `code` and `details`."""
-    code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+    code, details = exc.code(), exc.details() or ""
     error = _ERRORS.get(code, BlazeRPCError)(details)
     error.code = code
     return error
@@ -154,7 +154,7 @@ class _Options:
     """Per-call settings kept apart from model inputs, so no parameter name can collide."""
 
     timeout: float | None
-    metadata: list[tuple[str, str]] | None
+    metadata: tuple[tuple[str, str], ...] | None
 
     def _setup(
         self,
@@ -183,7 +183,7 @@ class _Options:
             self.metadata = None
         else:
             items = metadata.items() if isinstance(metadata, Mapping) else metadata
-            self.metadata = [(k.lower(), v) for k, v in items]
+            self.metadata = tuple((k.lower(), v) for k, v in items)
 
     def with_options(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
@@ -253,7 +253,9 @@ class BlazeClient(_Options):
     async def _method(self, model: str, streaming: bool = False) -> _Method:
         methods = self._shared.get("methods")
         if methods is None:
-            call = self._get_channel().stream_stream(_REFLECTION_METHOD)(
+            reflect: grpc.aio.StreamStreamMultiCallable[bytes, bytes]
+            reflect = self._get_channel().stream_stream(_REFLECTION_METHOD)
+            call = reflect(
                 iter([_reflection_request()]), timeout=self.timeout, metadata=self.metadata
             )
             try:
@@ -266,6 +268,7 @@ class BlazeClient(_Options):
     async def predict(self, model: str, /, **inputs: Any) -> Any:
         """Call a unary model and return its result."""
         method = await self._method(model)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
         call = self._get_channel().unary_unary(method.path)
         try:
             data = await call(
@@ -298,7 +301,9 @@ class _Stream:
         if self._call is None:
             client = self._client
             self._method = await client._method(self._model, streaming=True)
-            self._call = client._get_channel().unary_stream(self._method.path)(
+            stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+            stream = client._get_channel().unary_stream(self._method.path)
+            self._call = stream(
                 self._method.encode(self._model, self._inputs),
                 timeout=client.timeout,
                 metadata=client.metadata,
@@ -309,7 +314,8 @@ class _Stream:
             raise _error(exc) from None
         if data is grpc.aio.EOF:
             raise StopAsyncIteration
-        return self._method.decode(data)  # type: ignore[union-attr]
+        assert self._method is not None  # resolved with the call, above
+        return self._method.decode(data)
 
     def cancel(self) -> None:
         """Stop the call now; iteration then ends."""
@@ -359,6 +365,7 @@ class SyncBlazeClient(_Options):
     def _method(self, model: str, streaming: bool = False) -> _Method:
         methods = self._shared.get("methods")
         if methods is None:
+            call: grpc.StreamStreamMultiCallable[bytes, bytes]
             call = self._channel.stream_stream(_REFLECTION_METHOD)
             try:
                 methods = _schema_from_reflection(
@@ -377,19 +384,18 @@ class SyncBlazeClient(_Options):
 
     def predict(self, model: str, /, **inputs: Any) -> Any:
         method = self._method(model)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method.path)
         try:
-            data = self._channel.unary_unary(method.path)(
-                method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
-            )
+            data = call(method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise _error(exc) from None
         return method.decode(data)
 
     def stream(self, model: str, /, **inputs: Any) -> Iterator[Any]:
         method = self._method(model, streaming=True)
-        call = self._channel.unary_stream(method.path)(
-            method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
-        )
+        stream: grpc.UnaryStreamMultiCallable[bytes, bytes]
+        stream = self._channel.unary_stream(method.path)
+        call = stream(method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata)
         try:
             for data in call:
                 yield method.decode(data)

@@ -18,7 +18,17 @@ from google.protobuf.message import Message
 
 from .convert import WrongResult, converter, declared, dims_problem, result_array
 from .exceptions import ValidationError
-from .types import _WIRE_NAME_OF, WIRE_DTYPES, Field, ListOf, MapOf, Scalar, Struct, Tensor
+from .types import (
+    _WIRE_NAME_OF,
+    WIRE_DTYPES,
+    Field,
+    ListOf,
+    MapOf,
+    Scalar,
+    Struct,
+    Tensor,
+    TypeSpec,
+)
 
 Decode = Callable[[Any, str], Any]
 Fill = Callable[[Message, Any], None]
@@ -128,7 +138,9 @@ def _field_reader(field: Field) -> Callable[[Message, str], Any]:
     name, default, decode = field.name, field.default, _decoder(field.type)
     is_message = isinstance(field.type, (Tensor, Struct))
     if is_message and not field.optional:
-        what = "a TensorProto" if isinstance(field.type, Tensor) else field.type.cls.__name__
+        what = field.type.cls.__name__ if isinstance(field.type, Struct) else "a TensorProto"
+        assert decode is not None  # tensors and dataclasses always decode
+        read = decode
 
         def required(msg: Message, prefix: str) -> Any:
             if not msg.HasField(name):
@@ -136,7 +148,7 @@ def _field_reader(field: Field) -> Callable[[Message, str], Any]:
                     f"missing required field '{prefix}{name}': expected {what}",
                     field=prefix + name,
                 )
-            return decode(getattr(msg, name), prefix + name)  # type: ignore[misc]
+            return read(getattr(msg, name), prefix + name)
 
         return required
     if is_message or (field.optional and isinstance(field.type, Scalar)):
@@ -149,10 +161,12 @@ def _field_reader(field: Field) -> Callable[[Message, str], Any]:
 
         return present
     if field.has_default:  # a list or map: proto3 cannot tell empty from absent
+        assert decode is not None  # lists and maps always decode
+        read_list = decode
 
         def or_default(msg: Message, prefix: str) -> Any:
             value = getattr(msg, name)
-            return decode(value, prefix + name) if value else default  # type: ignore[misc]
+            return read_list(value, prefix + name) if value else default
 
         return or_default
     if decode is None:
@@ -205,10 +219,13 @@ def _filler(spec: Any, name: str) -> Fill:
     raise TypeError(spec)
 
 
-def _element_filler(spec: Tensor | Struct) -> Callable[[Message, Any], None]:
+def _element_filler(spec: TypeSpec) -> Callable[[Message, Any], None]:
+    """How to fill one message element of a list or map: a tensor or a dataclass."""
     if isinstance(spec, Tensor):
         return lambda proto, value: fill_tensor(proto, value, spec)
-    return _message_filler(spec.fields)
+    if isinstance(spec, Struct):
+        return _message_filler(spec.fields)
+    raise TypeError(spec)
 
 
 def _message_filler(fields: tuple[Field, ...]) -> Callable[[Message, Any], None]:
@@ -216,13 +233,8 @@ def _message_filler(fields: tuple[Field, ...]) -> Callable[[Message, Any], None]
     fillers = [(f.name, _filler(f.type, f.name)) for f in fields]
 
     def fill(msg: Message, value: Any) -> None:
-        get = (
-            value.get
-            if isinstance(value, Mapping)
-            else (lambda key, default: getattr(value, key, default))
-        )
         for name, set_field in fillers:
-            item = get(name, None)
+            item = value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
             if item is not None:
                 set_field(msg, item)
 

@@ -193,8 +193,11 @@ def _struct(spec: Struct, path: str) -> Convert:
 
     def struct(value: Any) -> dict[str, Any]:
         # As protobuf is filled: from a mapping, or from any object's attributes.
-        get = value.get if isinstance(value, Mapping) else lambda k: getattr(value, k, None)
-        return {name: convert(v) for name, convert in fields if (v := get(name)) is not None}
+        if isinstance(value, Mapping):
+            present = ((name, convert, value.get(name)) for name, convert in fields)
+        else:
+            present = ((name, convert, getattr(value, name, None)) for name, convert in fields)
+        return {name: convert(v) for name, convert, v in present if v is not None}
 
     return struct
 

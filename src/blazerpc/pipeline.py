@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -83,15 +83,15 @@ class Wire(Generic[Req, Ctx, Out]):
     timeout: Callable[[Ctx], float | None] = _no_timeout
 
 
-async def _close(chunks: AsyncIterator[Any]) -> None:
+async def _close(chunks: AsyncGenerator[Any, None]) -> None:
     """Finish a model's generator: CancelledError where it is suspended, then close it, so
     a model sees the same exception whether its caller left or was cancelled."""
     try:
-        await chunks.athrow(asyncio.CancelledError())  # type: ignore[attr-defined]
+        await chunks.athrow(asyncio.CancelledError())
     except (asyncio.CancelledError, StopAsyncIteration, RuntimeError):
         pass
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
 
 
 class ModelCall(Generic[Req, Ctx, Out]):
@@ -167,7 +167,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
 
         return unary_observed
 
-    async def stream(self, request: Req, ctx: Ctx) -> AsyncIterator[Out]:
+    async def stream(self, request: Req, ctx: Ctx) -> AsyncGenerator[Out, None]:
         """Closing this iterator closes the model's generator (CancelledError inside it)."""
         wire = self._wire
         try:
@@ -183,7 +183,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
                     await _close(chunks)
                     raise
                 except Exception:
-                    await chunks.aclose()  # type: ignore[attr-defined]
+                    await chunks.aclose()
                     raise
         except Exception as exc:
             yield await wire.reject(ctx, self._failure(exc))

@@ -76,7 +76,7 @@ class Tensor:
     @property
     def leading_symbolic(self) -> bool:
         """True when axis 0 is a named dimension, so requests can be stacked along it."""
-        return bool(self.dims) and isinstance(self.dims[0], str)  # type: ignore[index]
+        return self.dims is not None and len(self.dims) > 0 and isinstance(self.dims[0], str)
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _parse_dtype(dtype: Any) -> np.dtype:
     if isinstance(dtype, str) and dtype in WIRE_DTYPES:
         return WIRE_DTYPES[dtype]
     try:
-        parsed = np.dtype(dtype).newbyteorder("<")
+        parsed: np.dtype = np.dtype(dtype).newbyteorder("<")
     except TypeError as exc:
         raise ConfigurationError(f"tensor dtype {dtype!r} is not a numpy dtype") from exc
     if parsed not in _WIRE_NAME_OF:

@@ -11,7 +11,7 @@ import grpc
 from ..pipeline import Failure
 from ..server.middleware import RequestEvent, lower_keys
 
-ServicerContext = grpc.aio.ServicerContext
+ServicerContext = grpc.aio.ServicerContext[Any, Any]
 
 
 def grpc_caller(method: str) -> Callable[[Any, ServicerContext], RequestEvent]:

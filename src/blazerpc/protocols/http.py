@@ -10,6 +10,7 @@ stack (uvicorn plus a framework) would add a layer per request and wants to own 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..exceptions import ConfigurationError
@@ -58,18 +59,21 @@ async def start_http_server(
     from .jsonrpc import add_jsonrpc_routes
     from .kserve_rest import add_kserve_routes
 
+    web_handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
     # The handlers running now, so stop() gives them the gRPC calls' grace period and no more
     # (aiohttp's own shutdown waits up to twice its timeout for a response that never ends).
     in_flight: set[asyncio.Task[Any]] = set()
 
     @web.middleware
-    async def track(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def track(request: web.Request, handler: web_handler) -> web.StreamResponse:
         task = asyncio.current_task()
-        in_flight.add(task)  # type: ignore[arg-type]
+        assert task is not None  # aiohttp runs each request in a task of its own
+        in_flight.add(task)
         try:
             return await handler(request)
         finally:
-            in_flight.discard(task)  # type: ignore[arg-type]
+            in_flight.discard(task)
 
     app = web.Application(client_max_size=max_body_bytes, middlewares=[track])
     add_kserve_routes(app, runners, policy)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def _wrong(path: str, expected: str, value: Any) -> ValidationError:
     return ValidationError(f"field '{path}': expected {expected}, got {_kind(value)}", field=path)
 
 
-def is_shape(value: Any) -> bool:
+def is_shape(value: Any) -> TypeGuard[list[int]]:
     """A JSON array of integers (a JSON `true` is no dimension, though Python's bool is an int)."""
     return isinstance(value, list) and all(
         isinstance(d, int) and not isinstance(d, bool) for d in value

@@ -12,7 +12,7 @@ from contextlib import aclosing
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from ..exceptions import SerializationError, ValidationError
 from ..pipeline import Failure, ModelCall, Wire, fail
@@ -219,7 +219,7 @@ def add_kserve_service(
     """Serve GRPCInferenceService on `server`, under the same call policy as the native one."""
     servicer = KServeServicer(runners, policy)
 
-    def unary(behavior: Any, request: Any) -> grpc.RpcMethodHandler:
+    def unary(behavior: Any, request: Any) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_unary_rpc_method_handler(
             behavior,
             request_deserializer=request.FromString,
@@ -245,5 +245,5 @@ def add_kserve_service(
     )
 
 
-def _serialize(message: Any) -> bytes:
+def _serialize(message: Message) -> bytes:
     return message.SerializeToString()

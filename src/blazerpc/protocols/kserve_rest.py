@@ -163,7 +163,9 @@ def _response(
     )
 
 
-def _infer_call(model: KServeModel, policy: CallPolicy) -> ModelCall[_Body, web.Request, Any]:
+def _infer_call(
+    model: KServeModel, policy: CallPolicy
+) -> ModelCall[_Body, web.Request, web.Response]:
     return ModelCall(
         model.runner,
         policy,

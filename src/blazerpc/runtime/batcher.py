@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -91,8 +91,8 @@ class TensorStacking:
         self.inputs = [f.name for f in entry.signature.params]
         self.axis = {
             f.name: f.type.dims[0]
-            for f in entry.signature.params  # type: ignore[union-attr]
-            if isinstance(f.type, Tensor)
+            for f in entry.signature.params
+            if isinstance(f.type, Tensor) and f.type.dims
         }
 
     def prepare(self, kwargs: dict[str, Any]) -> tuple[int, Any]:
@@ -306,7 +306,7 @@ class Batcher:
         start = time.perf_counter()
         waits = [start - p.enqueued for p in batch]
         self.stats.queue_seconds += sum(waits)
-        finish: Callable[[], None] | None = partial(self._finished, len(batch), start, waits)
+        finish, deferred = partial(self._finished, len(batch), start, waits), False
         try:
             call = self._invoke(self.plan.merge(batch))
             if asyncio.isfuture(call):  # in a thread
@@ -315,8 +315,8 @@ class Batcher:
                 except asyncio.CancelledError:
                     # A thread cannot be stopped: the call keeps its slot (and counts against
                     # max_concurrent_batches) until it really returns.
-                    call.add_done_callback(lambda _, done=finish: done())
-                    finish = None
+                    call.add_done_callback(lambda _: finish())
+                    deferred = True
                     raise
             else:  # a coroutine, which cancelling its caller stops
                 output = await call
@@ -327,7 +327,7 @@ class Batcher:
                     p.future.set_exception(exc)
             return
         finally:
-            if finish is not None:
+            if not deferred:
                 finish()
         for p, result in zip(batch, results, strict=True):
             if p.future.done():

@@ -59,9 +59,9 @@ class ModelEntry:
         """Every input and the output are tensors whose leading axis has the same name (e.g.
         "batch"), so requests can be concatenated along it and the result split back by rows."""
         specs = [f.type for f in self.signature.params] + [self.signature.result.type]
-        if len(specs) < 2 or not all(isinstance(s, Tensor) and s.leading_symbolic for s in specs):
-            return False
-        return len({s.dims[0] for s in specs}) == 1  # type: ignore[union-attr,index]
+        leading = {s.dims[0] for s in specs if isinstance(s, Tensor) and s.dims}
+        symbolic = all(isinstance(s, Tensor) and s.leading_symbolic for s in specs)
+        return len(specs) >= 2 and symbolic and len(leading) == 1
 
 
 class ModelRegistry:

@@ -6,7 +6,7 @@ keyword arguments and back; how the model runs is decided here, once, at start-u
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from .batcher import Batcher, BatchObserver, BatchSettings
@@ -14,7 +14,7 @@ from .executor import Executor
 from .registry import ModelEntry
 
 Predict = Callable[[dict[str, Any], "float | None"], Awaitable[Any]]
-Stream = Callable[[dict[str, Any]], AsyncIterator[Any]]
+Stream = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
 
 
 class ModelRunner:
@@ -40,7 +40,11 @@ class ModelRunner:
             self.predict = self.batcher.submit
         else:
             invoke = executor.invoker(entry.func)
-            self.predict = lambda kwargs, timeout=None: invoke(kwargs)
+
+            def predict(kwargs: dict[str, Any], timeout: float | None = None) -> Awaitable[Any]:
+                return invoke(kwargs)
+
+            self.predict = predict
 
     def start(self) -> None:
         if self.batcher is not None:

@@ -79,15 +79,14 @@ def _streamer(call: NativeCall) -> Callable[[bytes, ServicerContext], Awaitable[
 
 def model_handlers(
     runners: list[ModelRunner], schema: Schema, policy: CallPolicy
-) -> dict[str, grpc.RpcMethodHandler]:
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """The method handlers of the InferenceService, keyed by method name."""
-    handlers = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for runner in runners:
         entry = runner.entry
         call = ModelCall(runner, policy, native_wire(entry, schema))
         if entry.streaming:
-            handler = grpc.unary_stream_rpc_method_handler(_streamer(call))
+            handlers[f"Predict{entry.rpc}"] = grpc.unary_stream_rpc_method_handler(_streamer(call))
         else:
-            handler = grpc.unary_unary_rpc_method_handler(call.unary)
-        handlers[f"Predict{entry.rpc}"] = handler
+            handlers[f"Predict{entry.rpc}"] = grpc.unary_unary_rpc_method_handler(call.unary)
     return handlers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,7 +25,7 @@ class Health(health_pb2_grpc.HealthServicer):
     """
 
     def __init__(self) -> None:
-        self._status = dict.fromkeys(("", SERVICE_FULL_NAME), NOT_SERVING)
+        self._status: dict[str, int] = dict.fromkeys(("", SERVICE_FULL_NAME), NOT_SERVING)
         self._changed = asyncio.Condition()
         self._draining = False
 
@@ -36,7 +37,7 @@ class Health(health_pb2_grpc.HealthServicer):
             self._changed.notify_all()
 
     async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthCheckResponse:
         status = self._status.get(request.service)
         if status is None:
@@ -44,7 +45,7 @@ class Health(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         last = None
         async with self._changed:
