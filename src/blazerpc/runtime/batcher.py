@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -77,10 +77,11 @@ class _Pending:
         key: Any,
         deadline: float | None,
         future: asyncio.Future[Any],
+        enqueued: float,
     ) -> None:
         self.kwargs, self.rows, self.key, self.deadline = kwargs, rows, key, deadline
         self.future = future
-        self.enqueued = time.perf_counter()
+        self.enqueued = enqueued
 
 
 class TensorStacking:
@@ -165,7 +166,8 @@ class BatchObserver(Protocol):
 
 
 class Batcher:
-    """The queue and dispatcher of one model."""
+    """The queue and dispatcher of one model. `clock` (seconds) stamps arrivals, deadlines and
+    batch times; tests pass one they move by hand."""
 
     def __init__(
         self,
@@ -173,8 +175,10 @@ class Batcher:
         invoke: Invoke,
         settings: BatchSettings,
         observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.name = entry.name
+        self._clock = clock
         self.observer = observer
         self.plan = TensorStacking(entry) if entry.stacks_tensors else ListBatching(entry)
         self.settings = settings
@@ -221,8 +225,9 @@ class Batcher:
                 f"(max_queue_size={self.settings.max_queue_size}); retry with backoff",
             )
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        pending = _Pending(kwargs, rows, key, deadline, loop.create_future())
+        now = self._clock()
+        deadline = None if timeout is None else now + timeout
+        pending = _Pending(kwargs, rows, key, deadline, loop.create_future(), now)
         self.stats.requests += 1
         if not self._queue and self._running < self.settings.max_concurrent_batches:
             # Idle model: run at once in this task, no queue and no dispatcher hop.
@@ -252,11 +257,11 @@ class Batcher:
 
     async def _collect(self) -> list[_Pending]:
         """Wait (at most batch_timeout) while requests are still arriving, then take a batch."""
-        now = time.perf_counter()
+        now = self._clock()
         want = self._demand(now)
         give_up = now + self._timeout
         while len(self._queue) < want:
-            remaining = give_up - time.perf_counter()
+            remaining = give_up - self._clock()
             if remaining <= 0:
                 break
             self._wakeup.clear()
@@ -268,7 +273,7 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         """Up to max_batch_size rows of live, compatible requests, oldest first."""
-        now = time.perf_counter()
+        now = self._clock()
         batch: list[_Pending] = []
         rest: deque[_Pending] = deque()
         rows, key = 0, None
@@ -303,7 +308,7 @@ class Batcher:
         """One model call for the whole batch; every request gets its own result or error."""
         if not counted:
             self._running += 1
-        start = time.perf_counter()
+        start = self._clock()
         waits = [start - p.enqueued for p in batch]
         self.stats.queue_seconds += sum(waits)
         finish, deferred = partial(self._finished, len(batch), start, waits), False
@@ -340,7 +345,7 @@ class Batcher:
     def _finished(self, size: int, start: float, waits: list[float]) -> None:
         """Give back a batch's slot and account for it."""
         self._running -= 1
-        finished = time.perf_counter()
+        finished = self._clock()
         stats = self.stats
         stats.batches += 1
         stats.batch_sizes[size] += 1
