@@ -1,35 +1,10 @@
-"""Shared fixtures: real servers on ephemeral ports, real clients."""
+"""Shared fixtures; shared helpers (ports, paths, running servers) live in `support`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 
-from blazerpc import BlazeApp, BlazeClient, Server
-
-
-@asynccontextmanager
-async def running(app: BlazeApp) -> AsyncIterator[Server]:
-    """Serve `app` on 127.0.0.1 on a free port for the duration of the block."""
-    server = await app.start(host="127.0.0.1", port=0)
-    try:
-        yield server
-    finally:
-        await server.stop(grace=1.0)
-
-
-@asynccontextmanager
-async def client_for(app: BlazeApp, *, registry: bool = False) -> AsyncIterator[BlazeClient]:
-    """A running server for `app` and a BlazeClient connected to it."""
-    async with (
-        running(app) as server,
-        BlazeClient(
-            "127.0.0.1", server.port, registry=app.registry if registry else None
-        ) as client,
-    ):
-        yield client
+from blazerpc import BlazeApp
 
 
 @pytest.fixture

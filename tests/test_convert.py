@@ -14,7 +14,8 @@ from blazerpc.convert import WrongResult, converter, scalar
 from blazerpc.protocols.kserve import messages as kserve
 from blazerpc.types import ListOf, Scalar
 
-from .protocol_servers import http, serving
+from .protocol_servers import http
+from .support import running
 
 WRAPPERS = {
     int: wrappers_pb2.Int64Value,
@@ -152,7 +153,7 @@ async def _jsonrpc(port: int, model: str) -> tuple[str, str]:
 async def test_a_wrong_result_is_the_same_internal_error_on_every_protocol(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with serving(wrong_results_app()) as server:
+    async with running(wrong_results_app(), http=True) as server:
         assert server.http_port is not None
         for model, details in WRONG.items():
             verdicts = {

@@ -17,8 +17,8 @@ from blazerpc import (
     ValidationError,
 )
 
-from .conftest import client_for, running
-from .wire import Reply, path, raw_call
+from .support import client_for, path, running
+from .wire import Reply, raw_call
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

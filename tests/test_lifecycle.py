@@ -22,12 +22,12 @@ from .processes import (
     SERVING,
     blaze_serve,
     exits_within,
-    free_port,
     health,
     wait_serving,
     wait_until,
 )
 from .protocol_servers import Reply, http
+from .support import free_port
 
 
 async def _refused(port: int, model: str = "echo", **inputs: object) -> grpc.StatusCode:
