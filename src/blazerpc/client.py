@@ -150,8 +150,9 @@ class ClientTLS:
         )
 
 
-class _Options:
-    """Per-call settings kept apart from model inputs, so no parameter name can collide."""
+class _ClientBase:
+    """What BlazeClient and SyncBlazeClient share: the target, credentials, schema discovery,
+    and per-call settings kept apart from model inputs, so no parameter name can collide."""
 
     timeout: float | None
     metadata: tuple[tuple[str, str], ...] | None
@@ -210,7 +211,7 @@ class _Options:
         return method
 
 
-class BlazeClient(_Options):
+class BlazeClient(_ClientBase):
     """Async client: `async with BlazeClient(host, port) as c: await c.predict("echo", ...)`."""
 
     def __init__(
@@ -331,7 +332,7 @@ class _Stream:
         self.cancel()
 
 
-class SyncBlazeClient(_Options):
+class SyncBlazeClient(_ClientBase):
     """Blocking client for scripts and notebooks; same calls as BlazeClient, without await."""
 
     def __init__(

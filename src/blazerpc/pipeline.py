@@ -170,6 +170,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
     async def stream(self, request: Req, ctx: Ctx) -> AsyncGenerator[Out, None]:
         """Closing this iterator closes the model's generator (CancelledError inside it)."""
         wire = self._wire
+        encode = wire.encode
         try:
             caller = None
             if self._policy.middleware:
@@ -178,7 +179,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
                 chunks = self._runner.stream(await self._arguments(request, ctx, caller))
                 try:
                     async for chunk in chunks:
-                        yield wire.encode(request, chunk)
+                        yield encode(request, chunk)
                 except (asyncio.CancelledError, GeneratorExit):  # the caller left or gave up
                     await _close(chunks)
                     raise
