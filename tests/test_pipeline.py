@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from grpc import StatusCode
 from blazerpc import Context, Depends, ValidationError
 from blazerpc.convert import scalar
 from blazerpc.injection import injected_marker
-from blazerpc.pipeline import Failure, ModelCall, Wire
+from blazerpc.pipeline import CallerGone, Failure, ModelCall, Wire
 from blazerpc.policy import CallPolicy
 from blazerpc.runtime.executor import Executor
 from blazerpc.runtime.registry import ModelRegistry
@@ -162,20 +162,31 @@ async def test_context_and_dependencies_come_from_the_transports_caller() -> Non
     assert await call.unary({"n": 3}, transport) == "reply 'ada 3 /fake/model peer-1'"
 
 
-async def test_stream_chunks_are_encoded_and_a_failure_comes_last() -> None:
+async def test_stream_chunks_are_sent_encoded_and_a_failure_comes_last() -> None:
     async def count(n: int) -> AsyncIterator[int]:
         for i in range(n):
             yield i
         raise ValueError("ran dry")
 
-    transport, recorder = FakeTransport(), Recorder()
+    transport, recorder, sent = FakeTransport(), Recorder(), []
     call = ModelCall(runner_for(count, streaming=True), open_policy(recorder), wire(transport))
-    got = [item async for item in call.stream({"n": 2}, transport)]
-    assert got == ["reply 0", "reply 1", Failure(StatusCode.INTERNAL, "ValueError: ran dry")]
+    assert await call.stream({"n": 2}, transport, _into(sent)) is False
+    assert sent == ["reply 0", "reply 1", Failure(StatusCode.INTERNAL, "ValueError: ran dry")]
     assert recorder.seen == [("/fake/model", StatusCode.INTERNAL)]
 
 
-async def test_closing_a_stream_throws_cancelled_error_into_the_model() -> None:
+async def test_a_stream_that_ends_reports_it_completed() -> None:
+    async def count(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    transport, sent = FakeTransport(), []
+    call = ModelCall(runner_for(count, streaming=True), open_policy(), wire(transport))
+    assert await call.stream({"n": 3}, transport, _into(sent)) is True
+    assert sent == ["reply 0", "reply 1", "reply 2"]
+
+
+async def test_a_send_that_fails_throws_cancelled_error_into_the_model() -> None:
     seen: list[str] = []
 
     async def endless(n: int) -> AsyncIterator[int]:
@@ -189,9 +200,23 @@ async def test_closing_a_stream_throws_cancelled_error_into_the_model() -> None:
         finally:
             seen.append("closed")
 
-    transport = FakeTransport()
-    call = ModelCall(runner_for(endless, streaming=True), open_policy(), wire(transport))
-    chunks = call.stream({"n": 5}, transport)
-    assert await chunks.__anext__() == "reply 5"
-    await chunks.aclose()  # what an adapter does when its client leaves
-    assert seen == ["cancelled", "closed"]
+    async def send(message: Any) -> None:
+        if message == "reply 5" and seen == []:
+            seen.append("sent")
+            return
+        raise ConnectionResetError("the client left")
+
+    transport, recorder = FakeTransport(), Recorder()
+    call = ModelCall(runner_for(endless, streaming=True), open_policy(recorder), wire(transport))
+    with pytest.raises(CallerGone) as info:
+        await call.stream({"n": 5}, transport, send)
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+    assert seen == ["sent", "cancelled", "closed"]
+    assert recorder.seen == [("/fake/model", StatusCode.OK)]  # the model did not fail
+
+
+def _into(sent: list[Any]) -> Callable[[Any], Awaitable[None]]:
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    return send

@@ -96,8 +96,8 @@ async def _close(chunks: AsyncGenerator[Any, None]) -> None:
 
 class ModelCall(Generic[Req, Ctx, Out]):
     """Calls into one model over one route. `unary(request, ctx)` answers a unary call (the
-    reply, or whatever `reject` answers); `stream(request, ctx)` yields a streaming model's
-    encoded chunks and, if it fails, `reject`'s answer last."""
+    reply, or whatever `reject` answers); `stream(request, ctx, send)` sends a streaming
+    model's encoded chunks and, if it fails, `reject`'s answer last."""
 
     unary: Callable[[Req, Ctx], Awaitable[Out]]
 
@@ -105,7 +105,8 @@ class ModelCall(Generic[Req, Ctx, Out]):
         entry = runner.entry
         self.name = entry.name
         self._runner, self._policy, self._wire = runner, policy, wire
-        self._failure = _failure(entry.name, f"model '{entry.name}' over {wire.protocol}")
+        self._where = f"model '{entry.name}' over {wire.protocol}"
+        self._failure = _failure(entry.name, self._where)
         self._inject = injector(entry.signature.injected) if entry.signature.injected else None
         if not entry.streaming:
             self.unary = self._plain_unary() if not policy.middleware else self._observed_unary()
@@ -167,10 +168,15 @@ class ModelCall(Generic[Req, Ctx, Out]):
 
         return unary_observed
 
-    async def stream(self, request: Req, ctx: Ctx) -> AsyncGenerator[Out, None]:
-        """Closing this iterator closes the model's generator (CancelledError inside it)."""
+    async def stream(self, request: Req, ctx: Ctx, send: Callable[[Out], Awaitable[Any]]) -> bool:
+        """Send each chunk, encoded, as the model yields it; `send` waits for the transport,
+        so a slow reader slows the generator. Returns True once every chunk is out, False
+        after a failure, which `reject` answered (and `send` sent) last. If `send` fails,
+        the caller has gone: the model's generator gets CancelledError where it is suspended
+        and is closed, and CallerGone is raised."""
         wire = self._wire
         encode = wire.encode
+        gone: Exception | None = None
         try:
             caller = None
             if self._policy.middleware:
@@ -179,12 +185,27 @@ class ModelCall(Generic[Req, Ctx, Out]):
                 chunks = self._runner.stream(await self._arguments(request, ctx, caller))
                 try:
                     async for chunk in chunks:
-                        yield encode(request, chunk)
-                except (asyncio.CancelledError, GeneratorExit):  # the caller left or gave up
+                        message = encode(request, chunk)
+                        try:
+                            await send(message)
+                        except Exception as exc:  # the call is over: the caller left
+                            gone = exc
+                            break
+                except asyncio.CancelledError:  # the caller left, its deadline, or shutdown
                     await _close(chunks)
                     raise
                 except Exception:
                     await chunks.aclose()
                     raise
+                if gone is not None:
+                    await _close(chunks)
         except Exception as exc:
-            yield await wire.reject(ctx, self._failure(exc))
+            await send(await wire.reject(ctx, self._failure(exc)))
+            return False
+        if gone is not None:
+            raise CallerGone(f"{self._where}: the caller left mid-stream") from gone
+        return True
+
+
+class CallerGone(Exception):
+    """A stream's caller left before its end (the transport refused a chunk)."""

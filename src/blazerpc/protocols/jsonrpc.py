@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import aclosing
 from typing import Any
 
 import grpc
 from aiohttp import web
 
-from ..pipeline import Failure, ModelCall, Wire, fail
+from ..pipeline import CallerGone, Failure, ModelCall, Wire, fail
 from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
 from .http_wire import http_caller, json_response
@@ -205,11 +204,9 @@ class JsonRpc:
             await response.write(_event("error", _refusal(exc)))
         else:
             try:
-                async with aclosing(model.stream.stream(params, request)) as events:
-                    async for event in events:
-                        await response.write(event)
-            except ConnectionResetError:
-                return response  # the client left; closing `events` has stopped the model
+                await model.stream.stream(params, request, response.write)
+            except CallerGone:
+                return response  # the model's generator has been stopped
         await response.write(_event("done", {}))
         await response.write_eof()
         return response

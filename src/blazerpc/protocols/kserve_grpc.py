@@ -8,14 +8,13 @@ native calls, and fails with the same status).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from ..exceptions import SerializationError, ValidationError
-from ..pipeline import Failure, ModelCall, Wire, fail
+from ..pipeline import CallerGone, Failure, ModelCall, Wire, fail
 from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
 from .grpc_aio import ServicerContext, abort, grpc_caller, remaining
@@ -190,27 +189,27 @@ class KServeServicer:
 
     async def model_stream_infer(
         self, requests: AsyncIterator[Any], context: ServicerContext
-    ) -> AsyncIterator[Any]:
+    ) -> None:
         """Each request in turn: a streaming model answers one response per chunk, any other
         model one response. A failed request answers `error_message`; the stream goes on."""
         async for request in requests:
             try:
                 model = find(self._models, request.model_name, request.model_version)
             except Exception as exc:
-                yield await _stream_error(context, fail(exc, "KServe gRPC ModelStreamInfer"))
+                failure = fail(exc, "KServe gRPC ModelStreamInfer")
+                await context.write(await _stream_error(context, failure))
                 continue
             call = self._stream[model.name]
             if not model.streaming:
-                yield await call.unary(request, context)
+                await context.write(await call.unary(request, context))
                 continue
-            last = None
-            async with aclosing(call.stream(request, context)) as responses:
-                async for last in responses:
-                    yield last
+            try:
+                completed = await call.stream(request, context, context.write)
+            except CallerGone:
+                return
             # A request whose stream failed ended with its error_message: no final flag after.
-            failed = last is not None and bool(last.error_message)
-            if _bool_param(request, _FINAL_OPT_IN) and not failed:
-                yield _streamed(_empty_response(model, request), request, final=True)
+            if completed and _bool_param(request, _FINAL_OPT_IN):
+                await context.write(_streamed(_empty_response(model, request), request, final=True))
 
 
 def add_kserve_service(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -17,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from ..codec import Codec
 from ..exceptions import SerializationError
-from ..pipeline import ModelCall, Wire
+from ..pipeline import CallerGone, ModelCall, Wire
 from ..policy import CallPolicy
 from ..protocols.grpc_aio import ServicerContext, abort, grpc_caller, remaining
 from ..runtime.registry import ModelEntry
@@ -62,17 +61,11 @@ def native_wire(entry: ModelEntry, schema: Schema) -> Wire[bytes, ServicerContex
 
 
 def _streamer(call: NativeCall) -> Callable[[bytes, ServicerContext], Awaitable[None]]:
-    name = call.name
-
     async def stream_chunks(request: bytes, context: ServicerContext) -> None:
-        async with aclosing(call.stream(request, context)) as messages:
-            # context.write waits for the transport, so a slow reader slows the generator.
-            async for message in messages:
-                try:
-                    await context.write(message)
-                except Exception as exc:  # the call is over: the client left between chunks
-                    logger.debug("stream of model '%s' ended by the transport: %r", name, exc)
-                    return  # closing `messages` stops the model
+        try:
+            await call.stream(request, context, context.write)
+        except CallerGone as exc:
+            logger.debug("%s", exc)
 
     return stream_chunks
 
