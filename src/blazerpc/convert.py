@@ -137,13 +137,16 @@ def result_array(value: Any, spec: Tensor, path: str = "result") -> np.ndarray:
 
 def dims_problem(shape: tuple[int, ...], dims: tuple[int | str, ...]) -> str | None:
     """What is wrong with `shape` for the declared `dims`, or None."""
-    wanted = "[" + ", ".join(map(str, dims)) + "]"
     if len(shape) != len(dims):
-        return f"expected {len(dims)} dimensions {wanted}, got shape {list(shape)}"
+        return f"expected {len(dims)} dimensions {_dims(dims)}, got shape {list(shape)}"
     for axis, (got, want) in enumerate(zip(shape, dims, strict=True)):
         if isinstance(want, int) and got != want:
-            return f"dimension {axis} must be {want} (shape {wanted}), got shape {list(shape)}"
+            return f"dimension {axis} must be {want} (shape {_dims(dims)}), got shape {list(shape)}"
     return None
+
+
+def _dims(dims: tuple[int | str, ...]) -> str:
+    return "[" + ", ".join(map(str, dims)) + "]"
 
 
 def converter(spec: TypeSpec, path: str, optional: bool = False) -> Convert:
