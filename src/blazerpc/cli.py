@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
+import inspect
 import sys
 from collections.abc import Coroutine
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +16,7 @@ import typer
 
 from .app import BlazeApp
 from .exceptions import ConfigurationError
+from .runtime.registry import ModelEntry
 from .schema import FILE_NAME
 from .server.server import ServerTLS
 from .server.workers import ServeConfig, serve_process, serve_with_reload, supervise
@@ -60,14 +64,33 @@ def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
     return app
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (a faster loop for the same code), else asyncio."""
-    try:
+class Loop(str, Enum):
+    """The event loop to serve on; `auto` is uvloop when installed, else asyncio's own."""
+
+    auto = "auto"
+    asyncio = "asyncio"
+    uvloop = "uvloop"
+
+
+def resolve_loop(loop: Loop) -> Loop:
+    """`auto` made concrete; uvloop asked for but not installed is a ConfigurationError."""
+    if loop is Loop.asyncio:
+        return loop
+    if importlib.util.find_spec("uvloop") is None:
+        if loop is Loop.uvloop:
+            raise ConfigurationError("--loop uvloop needs uvloop: pip install 'blazerpc[fast]'")
+        return Loop.asyncio
+    return Loop.uvloop
+
+
+def run(coro: Coroutine[Any, Any, None], loop: Loop = Loop.auto) -> None:
+    """Run on the chosen loop; uvloop runs the same code with less per-call overhead."""
+    if resolve_loop(loop) is Loop.uvloop:
         import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
+
         uvloop.run(coro)
+    else:
+        asyncio.run(coro)
 
 
 def banner(
@@ -78,6 +101,7 @@ def banner(
     workers: int = 1,
     tls: bool = False,
     http_port: int | None = None,
+    loop: Loop = Loop.asyncio,
 ) -> str:
     """Each model with its version and how it runs, then where the server listens."""
     lines = [f"BlazeRPC '{app.name}' serving {len(app.registry)} model(s):"]
@@ -88,16 +112,25 @@ def banner(
             mode = f"unary, batched (up to {settings.max_batch_size})"
         else:
             mode = "unary"
-        lines.append(f"  {m.name:<24} v{m.version:<6} {mode}")
+        lines.append(f"  {m.name:<24} v{m.version:<6} {mode}, {_runs_where(m, app)}")
     scheme = "gRPC with TLS" if tls else "gRPC"
     procs = f", {workers} workers" if workers > 1 else ""
     lines.append(
         f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; "
-        "health and reflection enabled)"
+        f"health and reflection enabled; {loop.value} event loop)"
     )
     if http_port is not None:
         lines.append(f"HTTP on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
     return "\n".join(lines)
+
+
+def _runs_where(entry: ModelEntry, app: BlazeApp) -> str:
+    """Where calls run (runtime/executor.py); `server.modes()` says where they run now."""
+    if inspect.iscoroutinefunction(entry.func) or inspect.isasyncgenfunction(entry.func):
+        return "on the event loop"
+    if entry.streaming or app.inline_limit_us <= 0:
+        return "in threads"
+    return f"in threads, inline on the loop while calls take < {app.inline_limit_us:g} µs"
 
 
 @cli.command()
@@ -127,6 +160,9 @@ def serve(
     tls_client_ca: Annotated[
         Path | None, typer.Option(help="Require client certificates signed by this CA")
     ] = None,
+    loop: Annotated[
+        Loop, typer.Option(help="Event loop: uvloop when installed (auto), or asyncio's own")
+    ] = Loop.auto,
 ) -> None:
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
     if reload and workers > 1:
@@ -146,9 +182,18 @@ def serve(
         metrics_port,
         max_message_mb,
         options={} if http_port is None else {"http_port": http_port},
+        loop=loop.value,
     )
     app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
-    typer.echo(banner(app, host, port, workers=workers, tls=tls is not None, http_port=http_port))
+    try:
+        chosen = resolve_loop(loop)
+    except ConfigurationError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        banner(
+            app, host, port, workers=workers, tls=tls is not None, http_port=http_port, loop=chosen
+        )
+    )
     try:
         if reload:
             serve_with_reload(config)

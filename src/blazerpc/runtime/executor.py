@@ -1,8 +1,14 @@
-"""Runs model functions without ever blocking the event loop.
+"""Runs model functions without ever letting a slow one block the event loop.
 
-Coroutine functions and async generators run on the loop; plain functions and plain generators
-run in one bounded thread pool, a generator item by item, so a sleeping generator holds a
-thread, never the loop.
+Coroutine functions and async generators run on the loop. Plain generators run in one bounded
+thread pool, item by item, so a sleeping generator holds a thread, never the loop.
+
+Plain functions start in the pool too, where each call is timed. Once a model's recent calls
+have all been cheaper than the hop to a thread costs (`inline_limit_s`), its calls run inline
+on the loop; the first inline call that takes longer sends it back to the pool, and it must
+then prove itself cheap over twice as many calls before it runs inline again. A model that is
+always slow (a network call, a big matmul, a sleep) therefore never touches the loop, and one
+that turns slow stalls the loop for that one call only.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
+from time import perf_counter
 from typing import Any
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -19,22 +25,96 @@ Stream = Callable[[dict[str, Any]], AsyncIterator[Any]]
 
 _EXHAUSTED = object()
 
+# A thread hop costs tens of microseconds of loop time plus a wake-up; calls cheaper than
+# this gain nothing from a thread, and at this size 256 of them (the default stream limit)
+# queued on the loop delay anything else by at most ~25 ms.
+DEFAULT_INLINE_LIMIT_S = 100e-6
+# Fast calls measured in threads before a model first runs inline; doubled at each demotion.
+FIRST_PROOF = 32
+
+
+class SyncCalls:
+    """The calls of one plain `def` model: in the pool while it is slow or unproven, inline on
+    the loop while its recent calls were all under `limit_s`. `inline` says which."""
+
+    __slots__ = (
+        "_clock",
+        "_func",
+        "_pool",
+        "_proof",
+        "_streak",
+        "_timed",
+        "demotions",
+        "inline",
+        "limit_s",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        pool: ThreadPoolExecutor,
+        limit_s: float,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
+        self._func = func
+        self._pool = pool
+        self._clock = clock
+        self.limit_s = limit_s
+        self.inline = False
+        self.demotions = 0
+        self._proof = FIRST_PROOF
+        self._streak = 0
+
+        def timed(kwargs: dict[str, Any]) -> tuple[Any, float]:
+            start = clock()
+            result = func(**kwargs)
+            return result, clock() - start
+
+        self._timed = timed
+
+    @property
+    def mode(self) -> str:
+        return "inline" if self.inline else "threads"
+
+    async def __call__(self, kwargs: dict[str, Any]) -> Any:
+        if self.inline:
+            start = self._clock()
+            try:
+                return self._func(**kwargs)
+            finally:
+                if self._clock() - start > self.limit_s:
+                    self._demote()
+        loop = asyncio.get_running_loop()
+        result, seconds = await loop.run_in_executor(self._pool, self._timed, kwargs)
+        if seconds > self.limit_s:
+            self._streak = 0
+        else:
+            self._streak += 1
+            if self._streak == self._proof:
+                self.inline = True
+        return result
+
+    def _demote(self) -> None:
+        self.inline = False
+        self.demotions += 1
+        self._streak = 0
+        self._proof *= 2
+
 
 class Executor:
-    """Turns a model function into an awaitable (or async-iterable) call with keyword arguments."""
+    """Turns a model function into an awaitable (or async-iterable) call with keyword arguments.
 
-    def __init__(self, max_threads: int) -> None:
+    `inline_limit_s=0` keeps every plain `def` call in the pool.
+    """
+
+    def __init__(self, max_threads: int, inline_limit_s: float = DEFAULT_INLINE_LIMIT_S) -> None:
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="blazerpc-model")
+        self._inline_limit_s = inline_limit_s
 
     def invoker(self, func: Callable[..., Any]) -> Invoke:
         if inspect.iscoroutinefunction(func):
             return lambda kwargs: func(**kwargs)
-        pool = self._pool
-
-        def in_thread(kwargs: dict[str, Any]) -> Awaitable[Any]:
-            return asyncio.get_running_loop().run_in_executor(pool, partial(func, **kwargs))
-
-        return in_thread
+        return SyncCalls(func, self._pool, self._inline_limit_s)
 
     def streamer(self, func: Callable[..., Any]) -> Stream:
         if inspect.isasyncgenfunction(func):

@@ -41,11 +41,12 @@ class ServeConfig:
     max_message_mb: float | None = None
     reuse_port: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    loop: str = "auto"  # cli.Loop's value: auto, asyncio or uvloop
 
 
 def serve_process(config: ServeConfig, ready: Any = None) -> None:
     """Load the app and serve it in this process until SIGTERM or SIGINT."""
-    from ..cli import load_app, run  # the CLI owns importing the user's app
+    from ..cli import Loop, load_app, run  # the CLI owns importing the user's app
     from .middleware import MetricsMiddleware
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -70,7 +71,7 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
             **config.options,
         )
 
-    run(main())
+    run(main(), Loop(config.loop))
     _leave_stuck_threads()
 
 
