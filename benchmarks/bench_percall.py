@@ -291,7 +291,7 @@ def main() -> None:
                 kserve_payload if triton else payloads[sc.method],
                 clients=sc.clients,
                 streams=sc.streams,
-                duration=sc.duration * args.duration_scale,
+                duration=max(1, round(sc.duration * args.duration_scale)),
                 service=kserve.SERVICE_NAME if triton else "blazerpc.InferenceService",
             )
             cpu_us = (server.cpu_seconds() - cpu_before) / max(1, result.succeeded) * 1e6
@@ -335,7 +335,7 @@ def main() -> None:
         }
         parts += [
             f"### {scenario.key}: {scenario.title} (`h2load -c {scenario.clients} "
-            f"-m {scenario.streams} -D {scenario.duration * args.duration_scale:g}`)",
+            f"-m {scenario.streams} -D {max(1, round(scenario.duration * args.duration_scale))}`)",
             harness.summary(sub, METRICS, "rps"),
         ]
     targets = [

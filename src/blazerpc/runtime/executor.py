@@ -4,20 +4,23 @@ Coroutine functions and async generators run on the loop. Plain generators run i
 thread pool, item by item, so a sleeping generator holds a thread, never the loop.
 
 Plain functions start in the pool too, where each call is timed. Once a model's recent calls
-have all been cheaper than the hop to a thread costs (`inline_limit_s`), its calls run inline
-on the loop; the first inline call that takes longer sends it back to the pool, and it must
-then prove itself cheap over twice as many calls before it runs inline again. A model that is
-always slow (a network call, a big matmul, a sleep) therefore never touches the loop, and one
-that turns slow stalls the loop for that one call only.
+have all been cheaper than the hop to a thread costs (`inline_limit_s` of CPU, and no waiting
+beyond what getting the GIL back explains), its calls run inline on the loop; the first
+inline call that takes longer (wall time) sends it back to the pool, and it must then prove
+itself cheap over twice as many calls before it runs inline again. A model that is always
+slow (a network call, a big matmul, a sleep) therefore never touches the loop, and one that
+turns slow stalls the loop for that one call; one that is slow now and then, a few times in
+its life (the proof doubles each time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -55,6 +58,7 @@ class SyncCalls:
         pool: ThreadPoolExecutor,
         limit_s: float,
         clock: Callable[[], float] = perf_counter,
+        cpu_clock: Callable[[], float] = thread_time,
     ) -> None:
         self._func = func
         self._pool = pool
@@ -65,10 +69,16 @@ class SyncCalls:
         self._proof = FIRST_PROOF
         self._streak = 0
 
-        def timed(kwargs: dict[str, Any]) -> tuple[Any, float]:
-            start = clock()
+        # In a thread, a call's wall time also holds its wait to get the GIL back from the loop
+        # (up to a switch interval each time numpy or I/O lets go of it), which inline it would
+        # not pay: there, CPU time must be cheap, and wall time under that wait's bound.
+        wall_limit = limit_s + 2 * sys.getswitchinterval()
+
+        def timed(kwargs: dict[str, Any]) -> tuple[Any, bool]:
+            start, start_cpu = clock(), cpu_clock()
             result = func(**kwargs)
-            return result, clock() - start
+            cheap = cpu_clock() - start_cpu <= limit_s and clock() - start <= wall_limit
+            return result, cheap
 
         self._timed = timed
 
@@ -85,8 +95,8 @@ class SyncCalls:
                 if self._clock() - start > self.limit_s:
                     self._demote()
         loop = asyncio.get_running_loop()
-        result, seconds = await loop.run_in_executor(self._pool, self._timed, kwargs)
-        if seconds > self.limit_s:
+        result, cheap = await loop.run_in_executor(self._pool, self._timed, kwargs)
+        if not cheap:
             self._streak = 0
         else:
             self._streak += 1
