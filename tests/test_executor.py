@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from blazerpc import BlazeApp, BlazeClient, Server, TensorInput, TensorOutput
-from blazerpc.runtime.executor import FIRST_PROOF, Executor, SyncCalls
+from blazerpc.runtime.executor import FIRST_PROOF, RARE_STALL_CALLS, Executor, SyncCalls
 
 from .conftest import running
 
@@ -57,19 +57,23 @@ class CostedModel:
         self.now = self.cpu = 0.0
         self.cost_s = 10e-6
         self.wait_s = 0.0
+        self.preemptions = 0
+        self.preempted_s = 0.0
         self.fail = False
         self.threads: list[int] = []
 
     def __call__(self, x: int) -> int:
         self.threads.append(threading.get_ident())
-        self.now += self.cost_s + self.wait_s
+        self.now += self.cost_s + self.wait_s + self.preempted_s
         self.cpu += self.cost_s
+        self.preemptions += self.preempted_s > 0
         if self.fail:
             raise ValueError(f"bad x {x}")
         return x + 1
 
     def calls(self, pool: ThreadPoolExecutor) -> SyncCalls:
-        return SyncCalls(self, pool, LIMIT_S, clock=lambda: self.now, cpu_clock=lambda: self.cpu)
+        usage = lambda: (self.cpu, self.preemptions)  # noqa: E731
+        return SyncCalls(self, pool, LIMIT_S, clock=lambda: self.now, usage=usage)
 
     @property
     def on_the_loop(self) -> bool:
@@ -156,6 +160,40 @@ async def test_a_short_wait_is_forgiven_in_threads_but_not_on_the_loop(
     assert call.inline
     await call({"x": 0})
     assert model.on_the_loop  # one inline call measured 2 ms of wall time
+    assert not call.inline and call.demotions == 1
+
+
+async def test_an_inline_call_slowed_by_preemption_is_not_held_against_the_model(
+    pool: ThreadPoolExecutor,
+) -> None:
+    model = CostedModel()
+    call = model.calls(pool)
+    for i in range(FIRST_PROOF):
+        await call({"x": i})
+    model.preempted_s = 0.02  # the OS ran another process meanwhile: not the model's doing
+    for i in range(5):
+        await call({"x": i})
+        assert model.on_the_loop and call.inline
+    model.cost_s = 5 * LIMIT_S  # preempted, but it also computed for too long itself
+    await call({"x": 0})
+    assert not call.inline and call.demotions == 1
+
+
+async def test_a_rare_short_stall_is_forgiven_but_not_two_close_together(
+    pool: ThreadPoolExecutor,
+) -> None:
+    model = CostedModel()
+    call = model.calls(pool)
+    for i in range(FIRST_PROOF + RARE_STALL_CALLS):
+        await call({"x": i})
+    model.wait_s = 0.002  # e.g. another thread held the GIL numpy had let go of
+    await call({"x": 0})
+    assert model.on_the_loop and call.inline
+    model.wait_s = 0.0
+    for i in range(RARE_STALL_CALLS - 2):
+        await call({"x": i})
+    model.wait_s = 0.002
+    await call({"x": 0})
     assert not call.inline and call.demotions == 1
 
 

@@ -5,23 +5,31 @@ thread pool, item by item, so a sleeping generator holds a thread, never the loo
 
 Plain functions start in the pool too, where each call is timed. Once a model's recent calls
 have all been cheaper than the hop to a thread costs (`inline_limit_s` of CPU, and no waiting
-beyond what getting the GIL back explains), its calls run inline on the loop; the first
-inline call that takes longer (wall time) sends it back to the pool, and it must then prove
-itself cheap over twice as many calls before it runs inline again. A model that is always
-slow (a network call, a big matmul, a sleep) therefore never touches the loop, and one that
-turns slow stalls the loop for that one call; one that is slow now and then, a few times in
-its life (the proof doubles each time).
+beyond what getting the GIL back explains), its calls run inline on the loop. The first inline
+call that holds the loop longer sends the model back to the pool, and it must then prove
+itself cheap over twice as many calls before it runs inline again. So a model that is always
+slow (a network call, a big matmul, a sleep) never touches the loop; one that turns slow
+stalls the loop for that one call; one that is slow now and then, a few times in its life.
+A call that only looked slow because the OS gave the core to another process meanwhile (an
+involuntary context switch, which a sleeping or waiting call never has) is not held against
+the model: on a busy machine that would otherwise send every cheap model back to threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from time import perf_counter, thread_time
 from typing import Any
+
+try:
+    from resource import RUSAGE_THREAD, getrusage
+except ImportError:  # not Linux: CPU time only, no count of preemptions
+    RUSAGE_THREAD = None
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
 Stream = Callable[[dict[str, Any]], AsyncIterator[Any]]
@@ -32,6 +40,22 @@ _EXHAUSTED = object()
 # this gain nothing from a thread, and at this size 256 of them (the default stream limit)
 # queued on the loop delay anything else by at most ~25 ms.
 DEFAULT_INLINE_LIMIT_S = 100e-6
+# An inline call may stall the loop up to two switch intervals (waiting for the GIL) once in
+# this many calls without counting as slow.
+RARE_STALL_CALLS = 100
+# How much more CPU than the limit a preempted inline call may show before it counts as slow.
+PREEMPTED_MARGIN = 4
+Usage = Callable[[], tuple[float, int]]
+
+
+def thread_usage() -> tuple[float, int]:
+    """CPU seconds of this thread, and how often the OS has preempted it."""
+    if RUSAGE_THREAD is None:
+        return thread_time(), 0
+    usage = getrusage(RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime, usage.ru_nivcsw
+
+
 # Fast calls measured in threads before a model first runs inline; doubled at each demotion.
 FIRST_PROOF = 32
 
@@ -43,10 +67,13 @@ class SyncCalls:
     __slots__ = (
         "_clock",
         "_func",
+        "_inline_calls",
         "_pool",
         "_proof",
+        "_short_stall_s",
         "_streak",
         "_timed",
+        "_usage",
         "demotions",
         "inline",
         "limit_s",
@@ -58,26 +85,30 @@ class SyncCalls:
         pool: ThreadPoolExecutor,
         limit_s: float,
         clock: Callable[[], float] = perf_counter,
-        cpu_clock: Callable[[], float] = thread_time,
+        usage: Usage = thread_usage,
     ) -> None:
         self._func = func
         self._pool = pool
         self._clock = clock
+        self._usage = usage
         self.limit_s = limit_s
         self.inline = False
         self.demotions = 0
-        self._proof = FIRST_PROOF
+        self._proof: float = FIRST_PROOF if limit_s > 0 else math.inf  # 0: never inline
         self._streak = 0
+        self._inline_calls = 0
 
         # In a thread, a call's wall time also holds its wait to get the GIL back from the loop
         # (up to a switch interval each time numpy or I/O lets go of it), which inline it would
         # not pay: there, CPU time must be cheap, and wall time under that wait's bound.
-        wall_limit = limit_s + 2 * sys.getswitchinterval()
+        wall_limit = self._short_stall_s = limit_s + 2 * sys.getswitchinterval()
 
         def timed(kwargs: dict[str, Any]) -> tuple[Any, bool]:
-            start, start_cpu = clock(), cpu_clock()
+            cpu = usage()[0]
+            start = clock()
             result = func(**kwargs)
-            cheap = cpu_clock() - start_cpu <= limit_s and clock() - start <= wall_limit
+            wall = clock() - start
+            cheap = wall <= limit_s or (wall <= wall_limit and usage()[0] - cpu <= limit_s)
             return result, cheap
 
         self._timed = timed
@@ -88,11 +119,14 @@ class SyncCalls:
 
     async def __call__(self, kwargs: dict[str, Any]) -> Any:
         if self.inline:
+            self._inline_calls += 1
+            before = self._usage()
             start = self._clock()
             try:
                 return self._func(**kwargs)
             finally:
-                if self._clock() - start > self.limit_s:
+                wall = self._clock() - start
+                if wall > self.limit_s and self._held_the_loop(wall, before):
                     self._demote()
         loop = asyncio.get_running_loop()
         result, cheap = await loop.run_in_executor(self._pool, self._timed, kwargs)
@@ -104,8 +138,23 @@ class SyncCalls:
                 self.inline = True
         return result
 
+    def _held_the_loop(self, wall: float, before: tuple[float, int]) -> bool:
+        """Whether an inline call that took too long did so itself, rather than because the
+        OS gave the core away (preempted: its CPU time then also holds refilling the caches,
+        hence the margin) or, now and then, because it let go of the GIL (numpy does) and
+        another thread held it for a while (one switch interval, give or take)."""
+        cpu, preemptions = self._usage()
+        cpu -= before[0]
+        if preemptions != before[1] and cpu <= PREEMPTED_MARGIN * self.limit_s:
+            return False
+        if wall <= self._short_stall_s and self._inline_calls >= RARE_STALL_CALLS:
+            self._inline_calls = 0  # forgiven once; a second one this soon is a pattern
+            return False
+        return True
+
     def _demote(self) -> None:
         self.inline = False
+        self._inline_calls = 0
         self.demotions += 1
         self._streak = 0
         self._proof *= 2
