@@ -49,6 +49,16 @@ class Scenario:
     duration: float
     servers: tuple[str, ...]
     title: str
+    requests: int = 0  # instead of a duration: slow calls would not finish within a short one
+
+    def h2load_args(self, scale: float) -> dict[str, int]:
+        if self.requests:
+            return {"requests": max(self.clients, round(self.requests * scale))}
+        return {"duration": max(1, round(self.duration * scale))}
+
+    def load_flags(self, scale: float) -> str:
+        ((key, value),) = self.h2load_args(scale).items()
+        return f"-n {value}" if key == "requests" else f"-D {value}"
 
 
 SCENARIOS = [
@@ -85,9 +95,10 @@ SCENARIOS = [
         "PredictBlob",
         16,
         1,
-        4,
+        0,
         ("blazerpc", "grpcio"),
         "def on one 16 MiB float32 tensor, 16 clients",
+        requests=64,
     ),
 ]
 TARGETS = [
@@ -107,16 +118,18 @@ METRICS = [
 ]
 
 
-def blazerpc_server(name: str, loop: str) -> ServerSpec:
+def blazerpc_server(name: str, loop: str, inline: bool = True) -> ServerSpec:
     blaze = Path(sys.executable).with_name("blaze")
+    how = "" if inline else ", `BENCH_INLINE_US=0`: every `def` call in the thread pool"
     return ServerSpec(
         name=name,
-        description=f"BlazeRPC (this repo): `blaze serve {APP} --loop {loop}`",
+        description=f"BlazeRPC (this repo): `blaze serve {APP} --loop {loop}`{how}",
         command=lambda port: [
             str(blaze),
             *("serve", APP, "--host", harness.HOST, "--port", str(port)),
             *("--app-dir", str(harness.ROOT), "--loop", loop),
         ],
+        env={} if inline else {"BENCH_INLINE_US": "0"},
     )
 
 
@@ -175,7 +188,9 @@ def paired_lines(samples: harness.Samples, targets: list[Target]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration-scale", type=float, default=1.0, help="x each run's seconds")
+    parser.add_argument(
+        "--duration-scale", type=float, default=1.0, help="x each run's seconds or calls"
+    )
     parser.add_argument(
         "--scenarios",
         default=",".join(s.key for s in SCENARIOS),
@@ -183,8 +198,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--servers",
-        default="blazerpc,grpcio,pytriton",
-        help="any of blazerpc, blazerpc-uvloop, grpcio, pytriton; the order is the round order",
+        default="blazerpc,blazerpc-threads,grpcio,pytriton",
+        help="any of blazerpc, blazerpc-uvloop, blazerpc-threads, grpcio, pytriton; the order is "
+        "the round order",
     )
     parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md alone")
     args = parser.parse_args()
@@ -194,6 +210,7 @@ def main() -> None:
     factories = {
         "blazerpc": lambda: blazerpc_server("blazerpc", "asyncio"),
         "blazerpc-uvloop": lambda: blazerpc_server("blazerpc-uvloop", "uvloop"),
+        "blazerpc-threads": lambda: blazerpc_server("blazerpc-threads", "asyncio", inline=False),
         "grpcio": lambda: handwritten_server(gen_dir),
         "pytriton": pytriton_server,
     }
@@ -260,7 +277,7 @@ def main() -> None:
     samples: harness.Samples = {name: {} for name in names}
     specs_used: dict[str, ServerSpec] = {}
     for scenario in scenarios:
-        specs = [factories[n]() for n in names if n in scenario.servers or n == "blazerpc-uvloop"]
+        specs = [factories[n]() for n in names if n in scenario.servers or n.startswith("blazerpc")]
         specs_used |= {s.name: s for s in specs}
         expected = native[scenario.method][1].SerializeToString()
 
@@ -291,7 +308,7 @@ def main() -> None:
                 kserve_payload if triton else payloads[sc.method],
                 clients=sc.clients,
                 streams=sc.streams,
-                duration=max(1, round(sc.duration * args.duration_scale)),
+                **sc.h2load_args(args.duration_scale),
                 service=kserve.SERVICE_NAME if triton else "blazerpc.InferenceService",
             )
             cpu_us = (server.cpu_seconds() - cpu_before) / max(1, result.succeeded) * 1e6
@@ -335,7 +352,7 @@ def main() -> None:
         }
         parts += [
             f"### {scenario.key}: {scenario.title} (`h2load -c {scenario.clients} "
-            f"-m {scenario.streams} -D {max(1, round(scenario.duration * args.duration_scale))}`)",
+            f"-m {scenario.streams} {scenario.load_flags(args.duration_scale)}`)",
             harness.summary(sub, METRICS, "rps"),
         ]
     targets = [

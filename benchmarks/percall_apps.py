@@ -1,14 +1,17 @@
 """The per-call benchmark's models, written as users write them: plain `def`, no extras.
 
 ``matmul`` has a named leading axis, so BlazeRPC batches it (app defaults); ``image`` and
-``blob`` have fixed shapes and run call by call, one large tensor each.
+``blob`` have fixed shapes and run call by call, one large tensor each. ``BENCH_INLINE_US=0``
+keeps every call in the thread pool (as before plain `def` models could run inline).
 """
+
+import os
 
 import numpy as np
 
 from blazerpc import BlazeApp, TensorInput, TensorOutput
 
-app = BlazeApp(name="bench-percall")
+app = BlazeApp(name="bench-percall", inline_limit_us=float(os.environ.get("BENCH_INLINE_US", 100)))
 
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 BLOB_SHAPE = (4096, 1024)  # 4M float32: 16 MiB
