@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batching.py
 	$(BIN)/python benchmarks/bench_kserve.py
 	$(BIN)/python benchmarks/bench_workers.py
+	$(BIN)/python benchmarks/bench_percall.py
+	$(BIN)/python benchmarks/profile_call.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
