@@ -197,6 +197,22 @@ async def test_a_rare_short_stall_is_forgiven_but_not_two_close_together(
     assert not call.inline and call.demotions == 1
 
 
+async def test_in_threads_a_preempted_call_neither_proves_nor_disproves_anything(
+    pool: ThreadPoolExecutor,
+) -> None:
+    model = CostedModel()
+    call = model.calls(pool)
+    for i in range(FIRST_PROOF - 1):
+        await call({"x": i})
+    model.preempted_s = 0.05  # far beyond a GIL wait, but the OS ran another process
+    for i in range(10):
+        await call({"x": i})
+        assert not call.inline
+    model.preempted_s = 0.0
+    await call({"x": 0})
+    assert call.inline  # the streak of 31 cheap calls survived, and this one completed it
+
+
 async def test_errors_of_inline_and_threaded_calls_reach_the_caller(
     pool: ThreadPoolExecutor,
 ) -> None:

@@ -103,13 +103,20 @@ class SyncCalls:
         # not pay: there, CPU time must be cheap, and wall time under that wait's bound.
         wall_limit = self._short_stall_s = limit_s + 2 * sys.getswitchinterval()
 
-        def timed(kwargs: dict[str, Any]) -> tuple[Any, bool]:
-            cpu = usage()[0]
+        def timed(kwargs: dict[str, Any]) -> tuple[Any, bool | None]:
+            """The result, and whether the call was cheap (None: preempted, cannot tell)."""
+            cpu, preemptions = usage()
             start = clock()
             result = func(**kwargs)
             wall = clock() - start
-            cheap = wall <= limit_s or (wall <= wall_limit and usage()[0] - cpu <= limit_s)
-            return result, cheap
+            if wall <= limit_s:
+                return result, True
+            cpu_after, preemptions_after = usage()
+            if cpu_after - cpu > limit_s:
+                return result, False
+            if wall <= wall_limit:
+                return result, True
+            return result, None if preemptions_after != preemptions else False
 
         self._timed = timed
 
@@ -130,12 +137,12 @@ class SyncCalls:
                     self._demote()
         loop = asyncio.get_running_loop()
         result, cheap = await loop.run_in_executor(self._pool, self._timed, kwargs)
-        if not cheap:
-            self._streak = 0
-        else:
+        if cheap:
             self._streak += 1
             if self._streak == self._proof:
                 self.inline = True
+        elif cheap is not None:
+            self._streak = 0
         return result
 
     def _held_the_loop(self, wall: float, before: tuple[float, int]) -> bool:
