@@ -7,6 +7,7 @@ numpy views of the received bytes, checked against the declared dtype and dims.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -38,7 +39,7 @@ def decode_tensor(proto: Any, spec: Tensor, path: str) -> np.ndarray:
             f"field '{path}': expected dtype '{spec.wire_dtype}', got '{proto.dtype}'", field=path
         )
     shape = tuple(proto.shape)
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise ValidationError(
             f"field '{path}': expected non-negative dimensions, got shape {list(shape)}",
             field=path,
@@ -56,9 +57,24 @@ def decode_tensor(proto: Any, spec: Tensor, path: str) -> np.ndarray:
     return np.frombuffer(data, dtype).reshape(shape)
 
 
+@functools.cache
+def _dims_match(dims: tuple[int | str, ...]) -> Callable[[tuple[int, ...]], bool]:
+    """A fast yes/no for `dims`, built once per declaration: the rank, then the fixed sizes
+    compared in one C call."""
+    rank = len(dims)
+    fixed = [(axis, size) for axis, size in enumerate(dims) if isinstance(size, int)]
+    if not fixed:
+        return lambda shape: len(shape) == rank
+    get = operator.itemgetter(*(axis for axis, _ in fixed))
+    sizes = fixed[0][1] if len(fixed) == 1 else tuple(size for _, size in fixed)
+    return lambda shape: len(shape) == rank and get(shape) == sizes
+
+
 def _check_dims(
     shape: tuple[int, ...], dims: tuple[int | str, ...], path: str, error: Callable[..., Exception]
 ) -> None:
+    if _dims_match(dims)(shape):
+        return
     if len(shape) != len(dims):
         raise error(
             f"field '{path}': expected {len(dims)} dimensions {_declared(dims)}, "
@@ -240,6 +256,7 @@ class Codec:
         self.cls = cls
         self.fields = fields
         self._fill = _message_filler(fields)
+        self._fill_first = _filler(fields[0].type, fields[0].name) if fields else None
         # Messages of scalars, and lists and maps of them, go through protobuf's own constructor.
         self._constructor_ok = all(_is_plain(f.type) for f in fields)
         read = _message_reader(fields)
@@ -253,7 +270,8 @@ class Codec:
             if self._constructor_ok:
                 return self.cls(**{name: value})
             msg = self.cls()
-            self._fill(msg, {name: value})
+            if value is not None:  # None leaves the field unset, as in encode
+                self._fill_first(msg, value)  # type: ignore[misc]
             return msg
         except (TypeError, ValueError) as exc:
             raise TypeError(self._mismatch(name, value, exc)) from None
