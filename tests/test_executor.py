@@ -57,7 +57,7 @@ class CostedModel:
         self.now = self.cpu = 0.0
         self.cost_s = 10e-6
         self.wait_s = 0.0
-        self.preemptions = 0
+        self.preemptions = self.waits = 0
         self.preempted_s = 0.0
         self.fail = False
         self.threads: list[int] = []
@@ -67,12 +67,13 @@ class CostedModel:
         self.now += self.cost_s + self.wait_s + self.preempted_s
         self.cpu += self.cost_s
         self.preemptions += self.preempted_s > 0
+        self.waits += self.wait_s > 0
         if self.fail:
             raise ValueError(f"bad x {x}")
         return x + 1
 
     def calls(self, pool: ThreadPoolExecutor) -> SyncCalls:
-        usage = lambda: (self.cpu, self.preemptions)  # noqa: E731
+        usage = lambda: (self.cpu, self.preemptions, self.waits)  # noqa: E731
         return SyncCalls(self, pool, LIMIT_S, clock=lambda: self.now, usage=usage)
 
     @property
@@ -177,6 +178,21 @@ async def test_an_inline_call_slowed_by_preemption_is_not_held_against_the_model
     model.cost_s = 5 * LIMIT_S  # preempted, but it also computed for too long itself
     await call({"x": 0})
     assert not call.inline and call.demotions == 1
+
+
+async def test_a_sleeping_call_that_was_also_preempted_still_sends_the_model_to_threads(
+    pool: ThreadPoolExecutor,
+) -> None:
+    model = CostedModel()
+    call = model.calls(pool)
+    for i in range(FIRST_PROOF + RARE_STALL_CALLS):
+        await call({"x": i})
+    model.wait_s, model.preempted_s = SLOW_S, 0.001
+    await call({"x": 0})
+    assert not call.inline and call.demotions == 1
+    for i in range(10 * FIRST_PROOF):  # nor does it earn the loop back
+        await call({"x": i})
+        assert not model.on_the_loop
 
 
 async def test_a_rare_short_stall_is_forgiven_but_not_two_close_together(

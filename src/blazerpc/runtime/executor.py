@@ -10,9 +10,9 @@ call that holds the loop longer sends the model back to the pool, and it must th
 itself cheap over twice as many calls before it runs inline again. So a model that is always
 slow (a network call, a big matmul, a sleep) never touches the loop; one that turns slow
 stalls the loop for that one call; one that is slow now and then, a few times in its life.
-A call that only looked slow because the OS gave the core to another process meanwhile (an
-involuntary context switch, which a sleeping or waiting call never has) is not held against
-the model: on a busy machine that would otherwise send every cheap model back to threads.
+A call that only looked slow because the OS gave the core to another process meanwhile (it
+was preempted, and never slept or waited on its own) is not held against the model: on a busy
+machine that would otherwise send every cheap model back to threads.
 """
 
 from __future__ import annotations
@@ -45,15 +45,22 @@ DEFAULT_INLINE_LIMIT_S = 100e-6
 RARE_STALL_CALLS = 100
 # How much more CPU than the limit a preempted inline call may show before it counts as slow.
 PREEMPTED_MARGIN = 4
-Usage = Callable[[], tuple[float, int]]
+Usage = Callable[[], tuple[float, int, int]]
 
 
-def thread_usage() -> tuple[float, int]:
-    """CPU seconds of this thread, and how often the OS has preempted it."""
+def thread_usage() -> tuple[float, int, int]:
+    """CPU seconds of this thread, how often the OS preempted it (involuntary context
+    switches) and how often it gave up the core itself (voluntary: a sleep, I/O, a lock, the
+    GIL)."""
     if RUSAGE_THREAD is None:
-        return thread_time(), 0
+        return thread_time(), 0, 0
     usage = getrusage(RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime, usage.ru_nivcsw
+    return usage.ru_utime + usage.ru_stime, usage.ru_nivcsw, usage.ru_nvcsw
+
+
+def preempted_only(before: tuple[float, int, int], after: tuple[float, int, int]) -> bool:
+    """Whether the OS preempted the thread in between and the thread never waited itself."""
+    return after[1] != before[1] and after[2] == before[2]
 
 
 # Fast calls measured in threads before a model first runs inline; doubled at each demotion.
@@ -105,18 +112,18 @@ class SyncCalls:
 
         def timed(kwargs: dict[str, Any]) -> tuple[Any, bool | None]:
             """The result, and whether the call was cheap (None: preempted, cannot tell)."""
-            cpu, preemptions = usage()
+            before = usage()
             start = clock()
             result = func(**kwargs)
             wall = clock() - start
             if wall <= limit_s:
                 return result, True
-            cpu_after, preemptions_after = usage()
-            if cpu_after - cpu > limit_s:
+            after = usage()
+            if after[0] - before[0] > limit_s:
                 return result, False
             if wall <= wall_limit:
                 return result, True
-            return result, None if preemptions_after != preemptions else False
+            return result, None if preempted_only(before, after) else False
 
         self._timed = timed
 
@@ -145,14 +152,14 @@ class SyncCalls:
             self._streak = 0
         return result
 
-    def _held_the_loop(self, wall: float, before: tuple[float, int]) -> bool:
+    def _held_the_loop(self, wall: float, before: tuple[float, int, int]) -> bool:
         """Whether an inline call that took too long did so itself, rather than because the
         OS gave the core away (preempted: its CPU time then also holds refilling the caches,
         hence the margin) or, now and then, because it let go of the GIL (numpy does) and
         another thread held it for a while (one switch interval, give or take)."""
-        cpu, preemptions = self._usage()
-        cpu -= before[0]
-        if preemptions != before[1] and cpu <= PREEMPTED_MARGIN * self.limit_s:
+        after = self._usage()
+        cpu = after[0] - before[0]
+        if preempted_only(before, after) and cpu <= PREEMPTED_MARGIN * self.limit_s:
             return False
         if wall <= self._short_stall_s and self._inline_calls >= RARE_STALL_CALLS:
             self._inline_calls = 0  # forgiven once; a second one this soon is a pattern
