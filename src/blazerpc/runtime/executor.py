@@ -51,11 +51,11 @@ Usage = Callable[[], tuple[float, int, int]]
 def thread_usage() -> tuple[float, int, int]:
     """CPU seconds of this thread, how often the OS preempted it (involuntary context
     switches) and how often it gave up the core itself (voluntary: a sleep, I/O, a lock, the
-    GIL)."""
+    GIL). CPU time from the thread clock: getrusage's is only updated at scheduler ticks."""
     if RUSAGE_THREAD is None:
         return thread_time(), 0, 0
     usage = getrusage(RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime, usage.ru_nivcsw, usage.ru_nvcsw
+    return thread_time(), usage.ru_nivcsw, usage.ru_nvcsw
 
 
 def preempted_only(before: tuple[float, int, int], after: tuple[float, int, int]) -> bool:
