@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests
 
+# The fuzz suite's long pass (make test runs a short one).
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest tests/test_fuzz.py -q -p no:cacheprovider --hypothesis-profile=fuzz --timeout=3600
+
 # Benchmarks need h2load (Debian: nghttp2-client); installed here when missing.
 bench: $(STAMP)
 	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
@@ -33,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batching.py
 	$(BIN)/python benchmarks/bench_kserve.py
 	$(BIN)/python benchmarks/bench_workers.py
+	$(BIN)/python benchmarks/bench_replicas.py
+	$(BIN)/python benchmarks/bench_admission.py
 	$(BIN)/python benchmarks/bench_percall.py
 	$(BIN)/python benchmarks/profile_call.py
 

@@ -17,7 +17,7 @@ from .injection import injected_marker
 from .runtime.batcher import BatchSettings
 from .runtime.registry import ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
-from .server.metrics import BatchMetrics, serve_metrics
+from .server.metrics import BatchMetrics, count_in_flight, serve_metrics
 from .server.middleware import MetricsMiddleware, Middleware
 from .server.policy import CallPolicy
 from .server.server import Limits, Server, ServerTLS, start_server
@@ -49,6 +49,7 @@ class BlazeApp:
         max_threads: int | None = None,
         inline_limit_us: float = 100.0,
         metrics_port: int | None = None,
+        reflection: bool = True,
     ) -> None:
         self.name = name
         self.enable_batching = enable_batching
@@ -61,6 +62,7 @@ class BlazeApp:
         # Plain `def` models whose calls stay under this run on the loop (runtime/executor.py).
         self.inline_limit_us = inline_limit_us
         self.metrics_port = metrics_port
+        self.reflection = reflection
         self.registry = ModelRegistry()
         self.state = types.SimpleNamespace()
         self._startup: list[Hook] = []
@@ -193,12 +195,17 @@ class BlazeApp:
             },
             max_threads=self.max_threads,
             inline_limit_s=self.inline_limit_us / 1e6,
+            max_in_flight={
+                m.name: m.options.get("max_queue_size", self.max_queue_size) for m in self.registry
+            },
             limits=self.limits,
             tls=tls,
             reuse_port=reuse_port,
             on_stop=lambda: self._run_hooks(self._shutdown),
             batch_observer=BatchMetrics if with_metrics else None,
+            instrument=count_in_flight if with_metrics else None,
             http_port=http_port,
+            reflection=self.reflection,
         )
         try:
             if not reuse_port:

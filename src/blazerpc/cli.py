@@ -1,4 +1,5 @@
-"""The `blaze` command: `blaze serve MODULE:ATTR` and `blaze proto MODULE:ATTR`."""
+"""The `blaze` command: `blaze serve MODULE:ATTR`, `blaze proto MODULE:ATTR`, and `blaze deploy`
+(in deploy/cli.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from .app import BlazeApp
+from .deploy.cli import deploy
 from .exceptions import ConfigurationError
 from .runtime.registry import ModelEntry
 from .schema import FILE_NAME
@@ -28,6 +30,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+cli.add_typer(deploy, name="deploy")
 
 AppPath = Annotated[str, typer.Argument(help="The app to load, as MODULE:ATTR, e.g. main:app")]
 AppDir = Annotated[
@@ -38,6 +41,11 @@ AppDir = Annotated[
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"Error: {message}", err=True, fg="red")
     return typer.Exit(2)
+
+
+def _set(**flags: float | None) -> dict[str, float]:
+    """The flags that were given; the others keep the app's own settings."""
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
@@ -102,6 +110,7 @@ def banner(
     tls: bool = False,
     http_port: int | None = None,
     loop: Loop = Loop.asyncio,
+    reflection: bool = True,
 ) -> str:
     """Each model with its version and how it runs, then where the server listens."""
     lines = [f"BlazeRPC '{app.name}' serving {len(app.registry)} model(s):"]
@@ -115,12 +124,14 @@ def banner(
         lines.append(f"  {m.name:<24} v{m.version:<6} {mode}, {_runs_where(m, app)}")
     scheme = "gRPC with TLS" if tls else "gRPC"
     procs = f", {workers} workers" if workers > 1 else ""
+    services = "health and reflection enabled" if reflection else "health enabled, reflection off"
     lines.append(
-        f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; "
-        f"health and reflection enabled; {loop.value} event loop)"
+        f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; {services}; "
+        f"{loop.value} event loop)"
     )
     if http_port is not None:
-        lines.append(f"HTTP on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
+        http = "HTTPS" if tls else "HTTP"
+        lines.append(f"{http} on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
     return "\n".join(lines)
 
 
@@ -155,11 +166,28 @@ def serve(
     max_message_mb: Annotated[
         float | None, typer.Option(help="Largest message accepted or sent [default: 64]")
     ] = None,
+    max_connection_age: Annotated[
+        float | None,
+        typer.Option(help="Close connections after this many seconds, so clients rebalance"),
+    ] = None,
+    max_connection_age_grace: Annotated[
+        float | None,
+        typer.Option(help="Seconds calls on an aged connection may take to finish"),
+    ] = None,
+    keepalive_time: Annotated[
+        float | None, typer.Option(help="Seconds between pings on an idle connection [default: 60]")
+    ] = None,
+    keepalive_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a ping may go unanswered [default: 20]")
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key")] = None,
     tls_client_ca: Annotated[
         Path | None, typer.Option(help="Require client certificates signed by this CA")
     ] = None,
+    reflection: Annotated[
+        bool, typer.Option(help="Serve gRPC reflection (it lists every model, without auth)")
+    ] = True,
     loop: Annotated[
         Loop, typer.Option(help="Event loop: uvloop when installed (auto), or asyncio's own")
     ] = Loop.auto,
@@ -167,6 +195,8 @@ def serve(
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
     if reload and workers > 1:
         raise _fail("--reload and --workers cannot be combined")
+    if max_connection_age_grace is not None and max_connection_age is None:
+        raise _fail("--max-connection-age-grace needs --max-connection-age")
     if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
         raise _fail("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
     tls = None
@@ -181,17 +211,32 @@ def serve(
         tls,
         metrics_port,
         max_message_mb,
+        reflection=reflection,
         options={} if http_port is None else {"http_port": http_port},
+        limits=_set(
+            max_connection_age_s=max_connection_age,
+            max_connection_age_grace_s=max_connection_age_grace,
+            keepalive_time_s=keepalive_time,
+            keepalive_timeout_s=keepalive_timeout,
+        ),
         loop=loop.value,
     )
     app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
+    reflection = reflection and app.reflection
     try:
         chosen = resolve_loop(loop)
     except ConfigurationError as exc:
         raise _fail(str(exc)) from None
     typer.echo(
         banner(
-            app, host, port, workers=workers, tls=tls is not None, http_port=http_port, loop=chosen
+            app,
+            host,
+            port,
+            workers=workers,
+            tls=tls is not None,
+            http_port=http_port,
+            reflection=reflection,
+            loop=chosen,
         )
     )
     try:

@@ -114,7 +114,12 @@ class SyncCalls:
             """The result, and whether the call was cheap (None: preempted, cannot tell)."""
             before = usage()
             start = clock()
-            result = func(**kwargs)
+            try:
+                result = func(**kwargs)
+            finally:
+                # The arguments die here, in the thread: freeing millions of objects (a list
+                # of strings) would otherwise hold the event loop up when the call returns.
+                kwargs.clear()
             wall = clock() - start
             if wall <= limit_s:
                 return result, True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import SERVICE_FULL_NAME, Schema
+from .decoding import DecodingInHandler
 from .handlers import model_handlers
 from .health import NOT_SERVING, SERVING, Health
 from .policy import CallPolicy
@@ -32,6 +34,15 @@ class ServerTLS:
     cert_file: str
     key_file: str
     client_ca_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same certificate and client check for the HTTP port, so no port is weaker."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file:
+            context.load_verify_locations(self.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     def credentials(self) -> grpc.ServerCredentials:
         ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
@@ -47,13 +58,28 @@ class Limits:
     """Transport limits; the defaults suit inference behind a load balancer."""
 
     max_message_bytes: int = 64 * 1024 * 1024
+    # JSON is parsed on the event loop: its own, smaller limit keeps one body from holding
+    # every other call up (tensors this large travel as binary data instead).
+    max_json_bytes: int = 8 * 1024 * 1024
+    max_jsonrpc_batch: int = 1000
     max_concurrent_streams: int = 256
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     min_client_ping_interval_s: float = 10.0
+    # Off by default. Behind a connection balancer (a Kubernetes Service) a connection that
+    # ends makes its client reconnect, and the new connection may reach a new replica.
+    max_connection_age_s: float | None = None
+    max_connection_age_grace_s: float | None = None
 
     def grpc_options(self, reuse_port: bool) -> list[tuple[str, Any]]:
+        age: list[tuple[str, Any]] = []
+        if self.max_connection_age_s is not None:
+            age.append(("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)))
+        if self.max_connection_age_grace_s is not None:
+            grace_ms = int(self.max_connection_age_grace_s * 1000)
+            age.append(("grpc.max_connection_age_grace_ms", grace_ms))
         return [
+            *age,
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
@@ -71,6 +97,8 @@ class Limits:
 
 
 Hook = Callable[[], Awaitable[None]]
+
+HEALTH_NOTICE_S = 0.5  # how long clients watching health get to see a drain before GOAWAY
 
 
 class Server:
@@ -124,7 +152,13 @@ class Server:
             return
         self._stopped = True
         self._policy.gate.close("the server is shutting down")
+        watched = self.health.watchers > 0
         await self.health.set_all(NOT_SERVING, draining=True)
+        if watched:
+            # Clients balancing on health stop sending here once they read NOT_SERVING; until
+            # then their calls get the gate's UNAVAILABLE, which they retry elsewhere. Once
+            # grpcio's shutdown begins, a call arriving would end CANCELLED, never retried.
+            await asyncio.sleep(HEALTH_NOTICE_S if grace is None else min(HEALTH_NOTICE_S, grace))
         try:
             stopping = [self._grpc.stop(grace)]
             if self._http is not None:
@@ -148,30 +182,43 @@ async def start_server(
     batching: dict[str, BatchSettings],
     max_threads: int,
     inline_limit_s: float = 0.0,
+    max_in_flight: dict[str, int] | None = None,
     limits: Limits | None = None,
     tls: ServerTLS | None = None,
     reuse_port: bool = False,
     on_stop: Hook | None = None,
     batch_observer: Callable[[str], BatchObserver] | None = None,
+    instrument: Callable[[ModelRunner], None] | None = None,
     http_port: int | None = None,
+    reflection: bool = True,
 ) -> Server:
     """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
     executor = Executor(max_threads, inline_limit_s)
+    max_in_flight = max_in_flight or {}
     runners = {
         m.name: ModelRunner(
-            m, executor, batching.get(m.name), batch_observer(m.name) if batch_observer else None
+            m,
+            executor,
+            batching.get(m.name),
+            batch_observer(m.name) if batch_observer else None,
+            max_in_flight.get(m.name, BatchSettings.max_queue_size),
         )
         for m in models
     }
+    if instrument is not None:  # before the handlers take the runners' entry points
+        for runner in runners.values():
+            instrument(runner)
     limits = limits or Limits()
     server = grpc.aio.server(options=limits.grpc_options(reuse_port))
     server.add_registered_method_handlers(
         SERVICE_FULL_NAME, model_handlers(list(runners.values()), schema, policy)
     )
     health = Health()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    add_kserve_service(server, runners, policy)
-    enable_reflection(server, schema)
+    decoding = DecodingInHandler(server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, decoding)
+    add_kserve_service(decoding, runners, policy)
+    if reflection:
+        enable_reflection(decoding, schema)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         if tls is None:
@@ -190,7 +237,10 @@ async def start_server(
             host=host,
             port=http_port,
             max_body_bytes=limits.max_message_bytes,
+            max_json_bytes=limits.max_json_bytes,
+            max_jsonrpc_batch=limits.max_jsonrpc_batch,
             reuse_port=reuse_port,
+            ssl_context=tls.ssl_context() if tls is not None else None,
         )
     for runner in runners.values():
         runner.start()
