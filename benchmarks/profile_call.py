@@ -14,7 +14,6 @@ import asyncio
 import cProfile
 import io
 import pstats
-import sys
 import time
 
 import harness
@@ -47,7 +46,7 @@ def profile(model: str, requests: int, streams: int, top: int) -> str:
     payload = harness.write_payload(f"profile_{model}", request(pb2).SerializeToString())
     profiler = cProfile.Profile()
 
-    async def main() -> float:
+    async def main() -> tuple[float, str]:
         server = await app.start("127.0.0.1", 0)
         try:
             load = lambda: harness.h2load(  # noqa: E731
@@ -61,12 +60,11 @@ def profile(model: str, requests: int, streams: int, top: int) -> str:
             profiler.disable()
             if result.succeeded != requests:
                 raise RuntimeError(f"{result.succeeded} of {requests} calls succeeded")
-            print(f"modes during the run: {server.modes()}", file=sys.stderr)
-            return elapsed
+            return elapsed, server.modes()[model]
         finally:
             await server.stop(grace=1)
 
-    elapsed = asyncio.run(main())
+    elapsed, mode = asyncio.run(main())
     stats = pstats.Stats(profiler, stream=io.StringIO())
     total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
@@ -84,7 +82,8 @@ def profile(model: str, requests: int, streams: int, top: int) -> str:
     )
     ours = sum(row[2] for func, row in stats.stats.items() if "blazerpc/" in func[0])  # type: ignore[attr-defined]
     return (
-        f"`{model}` model (plain `def`), {requests} calls at {streams} in flight "
+        f"`{model}` model (plain `def`, running `{mode}` at the end), {requests} calls at "
+        f"{streams} in flight "
         f"(`h2load -c 1 -m {streams}`), {elapsed:.2f} s under the profiler "
         f"({requests / elapsed:,.0f} calls/s, cProfile's own overhead included): "
         f"{total / requests * 1e6:.0f} µs of profiled time per call, of which BlazeRPC's own "
