@@ -18,7 +18,7 @@ from .runtime.batcher import BatchSettings
 from .runtime.registry import ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
 from .server.metrics import BatchMetrics, serve_metrics
-from .server.middleware import MetricsMiddleware, Middleware
+from .server.middleware import MetricsMiddleware, Middleware, TransportMiddleware, as_middleware
 from .server.policy import CallPolicy
 from .server.server import Limits, Server, ServerTLS, start_server
 
@@ -42,13 +42,16 @@ class BlazeApp:
         enable_batching: bool = True,
         max_batch_size: int = 32,
         batch_timeout_ms: float = 10.0,
-        middleware: list[Middleware] | None = None,
+        middleware: list[Middleware | TransportMiddleware] | None = None,
         *,
         max_queue_size: int = 1024,
         max_message_mb: float = 64,
         max_threads: int | None = None,
         metrics_port: int | None = None,
+        float64: bool = False,
     ) -> None:
+        """`float64=True`: Python `float` values travel as protobuf `double` (64-bit) instead
+        of `float` (32-bit, 2.2.1's wire contract and the default); see docs/migrating.md."""
         self.name = name
         self.enable_batching = enable_batching
         self.max_batch_size = max_batch_size
@@ -58,7 +61,7 @@ class BlazeApp:
         self.limits = Limits(max_message_bytes=int(max_message_mb * 1024 * 1024))
         self.max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
         self.metrics_port = metrics_port
-        self.registry = ModelRegistry()
+        self.registry = ModelRegistry(float64=float64)
         self.state = types.SimpleNamespace()
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
@@ -138,7 +141,7 @@ class BlazeApp:
     def schema(self) -> Schema:
         """The protobuf schema of every registered model, built on first use."""
         if self._schema is None:
-            self._schema = build_schema(self.registry.list_models())
+            self._schema = build_schema(self.registry.list_models(), self.registry.float64)
         return self._schema
 
     def proto(self) -> str:
@@ -155,7 +158,7 @@ class BlazeApp:
     async def start(
         self,
         host: str = "127.0.0.1",
-        port: int = 50051,
+        port: int | None = 50051,
         *,
         tls: ServerTLS | None = None,
         reuse_port: bool = False,
@@ -164,10 +167,13 @@ class BlazeApp:
         """Start serving in the background; `port=0` picks a free port (see `server.port`).
         With `http_port`, KServe v2 REST and JSON-RPC are served there too (0 picks a free
         one, see `server.http_port`); KServe v2 gRPC always shares the gRPC port.
+        `port=None` serves HTTP alone (`http_port` is then required).
 
         Returns once start-up hooks have run and the server admits calls.
         """
-        middleware = list(self.middleware)
+        if port is None and http_port is None:
+            raise ConfigurationError("nothing to serve: give a gRPC port, an http_port, or both")
+        middleware = [as_middleware(m) for m in self.middleware]
         if self.metrics_port is not None:
             if not any(isinstance(m, MetricsMiddleware) for m in middleware):
                 middleware.insert(0, MetricsMiddleware())
@@ -184,7 +190,7 @@ class BlazeApp:
             port=port,
             policy=CallPolicy(middleware=middleware, app_state=self.state),
             batching={
-                m.name: settings
+                m.key: settings
                 for m in self.registry
                 if (settings := self.batch_settings(m)) is not None
             },
@@ -208,7 +214,7 @@ class BlazeApp:
     async def serve(
         self,
         host: str = "0.0.0.0",
-        port: int = 50051,
+        port: int | None = 50051,
         *,
         grace_period: float = 30.0,
         tls: ServerTLS | None = None,
@@ -234,3 +240,14 @@ class BlazeApp:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    async def serve_jsonrpc(self, host: str = "0.0.0.0", port: int = 8080, **options: Any) -> None:
+        """2.2.1's HTTP-only serving: JSON-RPC (and KServe v2 REST, `GET /health`) on `port`,
+        no gRPC port; takes `serve`'s keywords."""
+        await self.serve(host, None, http_port=port, **options)
+
+    async def serve_both(
+        self, host: str = "0.0.0.0", grpc_port: int = 50051, http_port: int = 8080, **options: Any
+    ) -> None:
+        """2.2.1's spelling of `serve(host, grpc_port, http_port=http_port)`."""
+        await self.serve(host, grpc_port, http_port=http_port, **options)

@@ -6,8 +6,9 @@ server's reflection service for the schema on first use, so it never imports ser
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from .exceptions import (
     ModelNotFoundError,
     ValidationError,
 )
-from .runtime.registry import ModelRegistry, rpc_name
+from .runtime.registry import ModelRegistry, method_name
 from .schema import FILE_NAME, SERVICE_FULL_NAME, Schema, build_schema, fields_of, load_schema
 
 Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -83,15 +84,16 @@ def _methods(schema: Schema) -> dict[str, _Method]:
 
 def _registry_methods(registry: ModelRegistry) -> dict[str, _Method]:
     """Use the registry's own specs, so dataclass results come back as the user's classes."""
-    schema = build_schema(registry.list_models())
+    schema = build_schema(registry.list_models(), registry.float64)
     methods = {}
     for entry in registry:
-        methods[f"Predict{entry.rpc}"] = _Method(
-            entry.method,
-            entry.streaming,
-            Codec(schema.request_class(entry.rpc), entry.signature.params),
-            Codec(schema.response_class(entry.rpc), (entry.signature.result,)),
-        )
+        for rpc in (entry.rpc, *entry.aliases):
+            methods[f"Predict{rpc}"] = _Method(
+                f"/{SERVICE_FULL_NAME}/Predict{rpc}",
+                entry.streaming,
+                Codec(schema.request_class(entry.rpc), entry.signature.params),
+                Codec(schema.response_class(entry.rpc), (entry.signature.result,)),
+            )
     return methods
 
 
@@ -127,9 +129,28 @@ _ERRORS: dict[grpc.StatusCode, type[BlazeRPCError]] = {
 def _error(exc: grpc.RpcError) -> BlazeRPCError:
     """The library exception for a failed call, carrying its gRPC `code` and `details`."""
     code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
-    error = _ERRORS.get(code, BlazeRPCError)(details)
+    kind = _ERRORS.get(code, BlazeRPCError)
+    error = kind(message=details) if kind is ModelNotFoundError else kind(details)
     error.code = code
     return error
+
+
+class _Closed:
+    """What close() returns when there is nothing to close: awaiting it returns at once."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+def _model_name(model: str, inputs: dict[str, Any]) -> str:
+    """The model named positionally, else by the `model_name=` keyword (2.2.1's spelling);
+    given positionally, a `model_name` keyword stays an input of the model."""
+    if model:
+        return model
+    name = inputs.pop("model_name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError("name the model: predict('echo', ...) or predict(model_name='echo', ...)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -194,11 +215,20 @@ class _Options:
         return view
 
     def _model(self, methods: dict[str, _Method], model: str, streaming: bool) -> _Method:
-        method = methods.get(f"Predict{rpc_name(model)}")
+        method = methods.get(method_name(model))
+        name, _, version = model.partition("@")
+        if method is None and version and method_name(name) in methods:
+            raise ModelNotFoundError(
+                name,
+                version,
+                message=f"model '{name}' has a single version on this server (no RPC "
+                f"{method_name(model)}); call it as '{name}'",
+            )
         if method is None:
             raise ModelNotFoundError(
-                f"the server has no model '{model}'; it serves "
-                + (", ".join(sorted(m.removeprefix("Predict") for m in methods)) or "none")
+                model,
+                message=f"the server has no model '{model}'; it serves "
+                + (", ".join(sorted(m.removeprefix("Predict") for m in methods)) or "none"),
             )
         if method.streaming != streaming:
             call, other = ("stream", "predict") if method.streaming else ("predict", "stream")
@@ -233,10 +263,13 @@ class BlazeClient(_Options):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+    def close(self) -> Awaitable[None]:
+        """Close the connection; awaiting the result waits until it is closed, and 2.2.1's
+        plain `client.close()` (not awaited) closes it too, in the background."""
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return _Closed()
+        return asyncio.ensure_future(channel.close())
 
     def _get_channel(self) -> grpc.aio.Channel:
         if self._channel is None:
@@ -263,8 +296,10 @@ class BlazeClient(_Options):
             self._shared["methods"] = methods
         return self._model(methods, model, streaming)
 
-    async def predict(self, model: str, /, **inputs: Any) -> Any:
-        """Call a unary model and return its result."""
+    async def predict(self, model: str = "", /, **inputs: Any) -> Any:
+        """Call a unary model and return its result. `model` is its name, or `name@version`
+        for one version; it may also be given as `model_name=` (as in 2.2.1)."""
+        model = _model_name(model, inputs)
         method = await self._method(model)
         call = self._get_channel().unary_unary(method.path)
         try:
@@ -275,8 +310,9 @@ class BlazeClient(_Options):
             raise _error(exc) from None
         return method.decode(data)
 
-    def stream(self, model: str, /, **inputs: Any) -> AsyncIterator[Any]:
+    def stream(self, model: str = "", /, **inputs: Any) -> AsyncIterator[Any]:
         """Iterate a streaming model's chunks as they arrive; leaving the loop cancels the call."""
+        model = _model_name(model, inputs)
         return _Stream(self, model, inputs)
 
 
@@ -375,7 +411,8 @@ class SyncBlazeClient(_Options):
             self._shared["methods"] = methods
         return self._model(methods, model, streaming)
 
-    def predict(self, model: str, /, **inputs: Any) -> Any:
+    def predict(self, model: str = "", /, **inputs: Any) -> Any:
+        model = _model_name(model, inputs)
         method = self._method(model)
         try:
             data = self._channel.unary_unary(method.path)(
@@ -385,7 +422,8 @@ class SyncBlazeClient(_Options):
             raise _error(exc) from None
         return method.decode(data)
 
-    def stream(self, model: str, /, **inputs: Any) -> Iterator[Any]:
+    def stream(self, model: str = "", /, **inputs: Any) -> Iterator[Any]:
+        model = _model_name(model, inputs)
         method = self._method(model, streaming=True)
         call = self._channel.unary_stream(method.path)(
             method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata

@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from ..exceptions import status_of
+from ..exceptions import ModelNotFoundError, status_of
+from ..runtime.registry import served
 from ..runtime.runner import ModelRunner
 from ..server.policy import CallPolicy
 from .calls import Caller, ModelCalls
@@ -73,6 +74,7 @@ class _Model:
     def __init__(self, runner: ModelRunner, policy: CallPolicy) -> None:
         self.calls = ModelCalls(runner, policy)
         self.name, self.streaming = runner.entry.name, runner.entry.streaming
+        self.version = runner.entry.version
         self.decode: Callable[[Any, str], dict[str, Any]] = fields_decoder(
             runner.entry.signature.params
         )
@@ -92,13 +94,12 @@ class JsonRpc:
         self._models = {name: _Model(runner, policy) for name, runner in runners.items()}
 
     def _model(self, name: str) -> _Model:
-        model = self._models.get(name)
-        if model is None:
-            raise CallError(
-                METHOD_NOT_FOUND,
-                f"no model named '{name}'; models: " + ", ".join(self._models),
-            )
-        return model
+        # issue 13: `name@version` picks a version, `name` the highest
+        name, _, version = name.partition("@")
+        try:
+            return served(self._models, name, version, lambda m: m.version)
+        except ModelNotFoundError as exc:
+            raise CallError(METHOD_NOT_FOUND, str(exc)) from None
 
     def _unary_model(self, method: str) -> _Model:
         kind, _, name = method.partition(".")
@@ -129,7 +130,7 @@ class JsonRpc:
             result = await model.calls.unary(
                 partial(model.kwargs, call.get("params", {})),
                 model.encode,
-                partial(_caller, f"/jsonrpc/predict.{model.name}", request),
+                partial(_caller, call["method"], request),
                 None,
             )
             reply: dict[str, Any] = {"jsonrpc": "2.0", "result": result}
@@ -173,7 +174,7 @@ class JsonRpc:
             params = body.get("params", {}) if isinstance(body, dict) else body
             stream = model.calls.stream(
                 partial(model.kwargs, params),
-                partial(_caller, f"/jsonrpc/stream/{model.name}", request),
+                partial(_caller, f"stream.{request.match_info['model']}", request),
             )
             async with aclosing(stream) as chunks:
                 async for chunk in chunks:

@@ -129,13 +129,11 @@ class KServeServicer:
         return pb.ServerReadyResponse(ready=self._ready())
 
     async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model = self._models.get(request.name)
-        ready = (
-            model is not None
-            and model.unsupported is None
-            and request.version in ("", model.version)
-            and self._ready()
-        )
+        try:
+            model = find(self._models, request.name, request.version)
+        except Exception:
+            model = None
+        ready = model is not None and self._ready()
         return pb.ModelReadyResponse(ready=ready)
 
     async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

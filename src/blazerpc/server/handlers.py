@@ -172,8 +172,10 @@ def model_handlers(
         entry = runner.entry
         if entry.streaming:
             handle = _serve(stream_core(runner, schema, policy), entry, policy)
-            handlers[f"Predict{entry.rpc}"] = grpc.unary_stream_rpc_method_handler(handle)
+            handler = grpc.unary_stream_rpc_method_handler(handle)
         else:
             handle = _serve(unary_core(runner, schema, policy), entry, policy)
-            handlers[f"Predict{entry.rpc}"] = grpc.unary_unary_rpc_method_handler(handle)
+            handler = grpc.unary_unary_rpc_method_handler(handle)
+        for rpc in (entry.rpc, *entry.aliases):  # aliases: issue 13, model versions
+            handlers[f"Predict{rpc}"] = handler
     return handlers

@@ -48,7 +48,7 @@ class CallPolicy:
     async def observed(self, event: RequestEvent) -> AsyncIterator[None]:
         """The gate and middleware around one call: `on_request` in order (any may reject it),
         then the call, then `on_response` in reverse order with the status it ended with."""
-        start, status = time.perf_counter(), StatusCode.OK
+        start, status, details = time.perf_counter(), StatusCode.OK, ""
         try:
             self.gate.admit()
             for m in self.middleware:
@@ -58,11 +58,12 @@ class CallPolicy:
             status = StatusCode.CANCELLED
             raise
         except Exception as exc:
-            status = status_of(exc)[0]
+            status, details = status_of(exc)
             raise
         finally:
+            elapsed = time.perf_counter() - start
             done = ResponseEvent(
-                event.method_name, event.metadata, event.peer, status, time.perf_counter() - start
+                event.method_name, event.metadata, event.peer, status, elapsed, details
             )
             for m in reversed(self.middleware):
                 try:

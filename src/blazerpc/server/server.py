@@ -79,7 +79,7 @@ class Server:
     def __init__(
         self,
         grpc_server: grpc.aio.Server,
-        port: int,
+        port: int | None,
         health: Health,
         executor: Executor,
         runners: dict[str, ModelRunner],
@@ -133,12 +133,26 @@ class Server:
             self._executor.shutdown()
 
 
+def _bind(server: grpc.aio.Server, host: str, port: int, tls: ServerTLS | None) -> int:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, tls.credentials())
+    except RuntimeError as exc:
+        raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
+    if bound == 0:
+        raise ConfigurationError(f"cannot listen on {address}")
+    return bound
+
+
 async def start_server(
     models: Sequence[ModelEntry],
     schema: Schema,
     *,
     host: str,
-    port: int,
+    port: int | None,
     policy: CallPolicy,
     batching: dict[str, BatchSettings],
     max_threads: int,
@@ -149,11 +163,12 @@ async def start_server(
     batch_observer: Callable[[str], BatchObserver] | None = None,
     http_port: int | None = None,
 ) -> Server:
-    """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
+    """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`.
+    `port=None` serves no gRPC port (HTTP only, as 2.2.1's `serve_jsonrpc`)."""
     executor = Executor(max_threads)
     runners = {
-        m.name: ModelRunner(
-            m, executor, batching.get(m.name), batch_observer(m.name) if batch_observer else None
+        m.key: ModelRunner(
+            m, executor, batching.get(m.key), batch_observer(m.key) if batch_observer else None
         )
         for m in models
     }
@@ -166,16 +181,7 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     add_kserve_service(server, runners, policy)
     enable_reflection(server, schema)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if tls is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, tls.credentials())
-    except RuntimeError as exc:
-        raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
-    if bound == 0:
-        raise ConfigurationError(f"cannot listen on {address}")
+    bound = None if port is None else _bind(server, host, port, tls)
     http = None
     if http_port is not None:
         http = await start_http_server(

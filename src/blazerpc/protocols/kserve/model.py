@@ -7,7 +7,8 @@ from typing import Any
 
 from grpc import StatusCode
 
-from ...exceptions import ModelNotFoundError, RPCError, ValidationError
+from ...exceptions import RPCError, ValidationError
+from ...runtime.registry import served, version_key
 from ...runtime.runner import ModelRunner
 from ...server.policy import CallPolicy
 from ..calls import ModelCalls
@@ -31,6 +32,7 @@ class KServeModel:
         entry = runner.entry
         self.calls = ModelCalls(runner, policy)
         self.name, self.version, self.streaming = entry.name, entry.version, entry.streaming
+        self.versions = [self.version]
         self.unsupported: str | None = None
         self.inputs: dict[str, InputSpec] = {}
         try:
@@ -44,12 +46,8 @@ class KServeModel:
         self._required = [spec for spec in self.inputs.values() if spec.required]
         self._defaults = {n: s.default for n, s in self.inputs.items() if not s.required}
 
-    def check(self, version: str) -> None:
-        """Refuse a call this model cannot take over KServe, or a version it does not serve."""
-        if version and version != self.version:
-            raise ModelNotFoundError(
-                f"model '{self.name}' has no version '{version}' (it serves '{self.version}')"
-            )
+    def check(self) -> None:
+        """Refuse a call this model cannot take over KServe."""
         if self.unsupported is not None:
             raise RPCError(StatusCode.UNIMPLEMENTED, self.unsupported)
 
@@ -62,7 +60,7 @@ class KServeModel:
     def metadata(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "versions": [self.version],
+            "versions": self.versions,
             "platform": PLATFORM,
             "inputs": [
                 {"name": s.name, "datatype": s.datatype, "shape": s.shape}
@@ -114,13 +112,16 @@ class KServeModel:
 
 
 def kserve_models(runners: dict[str, ModelRunner], policy: CallPolicy) -> dict[str, KServeModel]:
-    return {name: KServeModel(runner, policy) for name, runner in runners.items()}
+    models = {key: KServeModel(runner, policy) for key, runner in runners.items()}
+    for model in models.values():  # issue 13: every version of a name, highest first
+        model.versions = [m.version for m in models.values() if m.name == model.name]
+        model.versions.sort(key=version_key, reverse=True)
+    return models
 
 
 def find(models: dict[str, KServeModel], name: str, version: str) -> KServeModel:
-    """The model a request names, ready to take a KServe call, or the error to answer."""
-    model = models.get(name)
-    if model is None:
-        raise ModelNotFoundError(f"no model named '{name}'")
-    model.check(version)
+    """The model a request names (its highest version unless `version` is given), ready to
+    take a KServe call, or the error to answer."""
+    model = served(models, name, version, lambda m: m.version)
+    model.check()
     return model
