@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 
 from blazerpc import (
     BlazeApp,
@@ -20,8 +21,6 @@ from blazerpc import (
     TensorInput,
     TensorOutput,
 )
-
-from google.protobuf.descriptor import FieldDescriptor
 
 from .conftest import client_for, running
 from .wire import path, raw_call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import importlib
 import sys
 from collections.abc import Coroutine
@@ -29,6 +30,14 @@ AppPath = Annotated[str, typer.Argument(help="The app to load, as MODULE:ATTR, e
 AppDir = Annotated[
     Path, typer.Option(help="Directory to import the app from (the current one is always used)")
 ]
+
+
+class Transport(str, enum.Enum):
+    """What `blaze serve --transport` serves (2.2.1's option)."""
+
+    grpc = "grpc"
+    jsonrpc = "jsonrpc"
+    both = "both"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -73,7 +82,7 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
 def banner(
     app: BlazeApp,
     host: str,
-    port: int,
+    port: int | None,
     *,
     workers: int = 1,
     tls: bool = False,
@@ -91,12 +100,15 @@ def banner(
         lines.append(f"  {m.name:<24} v{m.version:<6} {mode}")
     scheme = "gRPC with TLS" if tls else "gRPC"
     procs = f", {workers} workers" if workers > 1 else ""
-    lines.append(
-        f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; "
-        "health and reflection enabled)"
-    )
+    if port is not None:
+        lines.append(
+            f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; "
+            "health and reflection enabled)"
+        )
     if http_port is not None:
-        lines.append(f"HTTP on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
+        lines.append(
+            f"HTTP on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc, GET /health)"
+        )
     return "\n".join(lines)
 
 
@@ -117,8 +129,15 @@ def serve(
         int | None, typer.Option(help="Serve Prometheus metrics on this port")
     ] = None,
     http_port: Annotated[
-        int | None, typer.Option(help="Serve KServe v2 REST and JSON-RPC on this port")
+        int | None,
+        typer.Option(
+            help="Serve KServe v2 REST and JSON-RPC on this port [default: 8080 with "
+            "--transport jsonrpc or both]"
+        ),
     ] = None,
+    transport: Annotated[
+        Transport, typer.Option(help="grpc; jsonrpc: HTTP only; both (as in 2.2.1)")
+    ] = Transport.grpc,
     max_message_mb: Annotated[
         float | None, typer.Option(help="Largest message accepted or sent [default: 64]")
     ] = None,
@@ -133,6 +152,9 @@ def serve(
         raise _fail("--reload and --workers cannot be combined")
     if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
         raise _fail("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
+    if transport is not Transport.grpc and http_port is None:
+        http_port = 8080
+    grpc_port = None if transport is Transport.jsonrpc else port
     tls = None
     if tls_cert is not None and tls_key is not None:
         tls = ServerTLS(str(tls_cert), str(tls_key), str(tls_client_ca) if tls_client_ca else None)
@@ -140,7 +162,7 @@ def serve(
         app_path,
         app_dir,
         host,
-        port,
+        grpc_port,
         grace_period,
         tls,
         metrics_port,
@@ -148,7 +170,9 @@ def serve(
         options={} if http_port is None else {"http_port": http_port},
     )
     app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
-    typer.echo(banner(app, host, port, workers=workers, tls=tls is not None, http_port=http_port))
+    typer.echo(
+        banner(app, host, grpc_port, workers=workers, tls=tls is not None, http_port=http_port)
+    )
     try:
         if reload:
             serve_with_reload(config)
