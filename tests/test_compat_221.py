@@ -239,9 +239,19 @@ def serve_221(python: Path, grpc_port: int, http_port: int) -> Iterator[subproce
     """2.2.1's own `blaze serve --transport both` (its health service is broken: wait for
     the ports instead)."""
     proc = subprocess.Popen(
-        [str(python.with_name("blaze")), "serve", "tests.compat221.app:app"]
-        + ["--host", "127.0.0.1", "--port", str(grpc_port), "--http-port", str(http_port)]
-        + ["--transport", "both"],
+        [
+            str(python.with_name("blaze")),
+            "serve",
+            "tests.compat221.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--transport",
+            "both",
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -294,8 +304,13 @@ def test_all_four_client_server_pairings_answer_alike(python_221: Path) -> None:
 
 def test_real_221_exports_the_pinned_proto(python_221: Path, tmp_path: Path) -> None:
     run = subprocess.run(
-        [str(python_221.with_name("blaze")), "proto", "tests.compat221.app:app"]
-        + ["--output-dir", str(tmp_path)],
+        [
+            str(python_221.with_name("blaze")),
+            "proto",
+            "tests.compat221.app:app",
+            "--output-dir",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
