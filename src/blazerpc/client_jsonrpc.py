@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from .client import _Closed
+from .client import _Closed, _model_name
 from .exceptions import (
     BlazeRPCError,
     ConfigurationError,
@@ -116,8 +116,9 @@ class JsonRpcClient:
             self._session = self._aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
-    async def predict(self, model_name: str, /, **params: Any) -> Any:
+    async def predict(self, model_name: str = "", /, **params: Any) -> Any:
         """Call `predict.<model_name>` and return its result."""
+        model_name = _model_name(model_name, params)
         call = {
             "jsonrpc": "2.0",
             "method": f"predict.{model_name}",
@@ -130,8 +131,9 @@ class JsonRpcClient:
             raise _error(reply["error"])
         return _from_json(reply.get("result"))
 
-    async def stream(self, model_name: str, /, **params: Any) -> AsyncIterator[Any]:
+    async def stream(self, model_name: str = "", /, **params: Any) -> AsyncIterator[Any]:
         """Iterate a streaming model's chunks (server-sent events) as they arrive."""
+        model_name = _model_name(model_name, params)
         url = f"{self._url}/stream/{model_name}"
         async with self._http().post(url, json={"params": _to_json(params)}) as response:
             if response.content_type != "text/event-stream":
