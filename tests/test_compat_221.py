@@ -92,6 +92,13 @@ message WhoamiResponse {
   string result = 1;
 }
 
+message GreetRequest {
+}
+
+message GreetResponse {
+  string result = 1;
+}
+
 service InferenceService {
   rpc PredictEcho(EchoRequest) returns (EchoResponse);
   rpc PredictAdd(AddRequest) returns (AddResponse);
@@ -99,6 +106,7 @@ service InferenceService {
   rpc PredictProject(ProjectRequest) returns (ProjectResponse);
   rpc PredictWords(WordsRequest) returns (stream WordsResponse);
   rpc PredictWhoami(WhoamiRequest) returns (WhoamiResponse);
+  rpc PredictGreet(GreetRequest) returns (GreetResponse);
 }
 """
 
@@ -115,6 +123,8 @@ EXPECTED = {
     "rpc_project": ["float32", [[60.0, 70.0, 80.0], [9.0, 10.0, 11.0]]],
     "rpc_words": ["to", "be", "or", "not"],
     "rpc_whoami": "hi via predict.whoami",
+    "greet": "hello auth=no",
+    "rpc_greet": "hello auth=no",
 }
 
 

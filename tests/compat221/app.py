@@ -48,3 +48,23 @@ def caller_method(ctx: Context) -> str:
 @app.model("whoami")
 async def whoami(text: str, ctx: Context, method: str = Depends(caller_method)) -> str:
     return f"{text} via {method}"
+
+
+app.state.greeting = "hello"
+
+
+def greeting_of(ctx: Context) -> str:
+    return ctx.app_state.greeting
+
+
+def token_of(ctx: Context) -> str | None:
+    return dict(ctx.metadata).get("authorization") if ctx.metadata else None
+
+
+@app.model("greet")
+def greet(
+    ctx: Context,
+    greeting: str = Depends(greeting_of),
+    token: str | None = Depends(token_of),
+) -> str:
+    return f"{greeting} auth={'yes' if token else 'no'}"

@@ -24,6 +24,7 @@ async def main(grpc_port: int, http_port: int) -> dict:
         out["lengths"] = list(await client.predict("lengths", text=["ab", "abcdef"]))
         out["words"] = [w async for w in client.stream("words", sentence="to be or not")]
         out["whoami"] = await client.predict("whoami", text="hi")
+        out["greet"] = await client.predict("greet")
     unawaited = BlazeClient("127.0.0.1", grpc_port, registry=app.registry)
     out["echo_again"] = await unawaited.predict("echo", text="bye")
     unawaited.close()  # as 2.2.1 documents it: no await
@@ -36,6 +37,7 @@ async def main(grpc_port: int, http_port: int) -> dict:
         out["rpc_project"] = [str(projected.dtype), projected.tolist()]
         out["rpc_words"] = [w async for w in rpc.stream("words", sentence="to be or not")]
         out["rpc_whoami"] = await rpc.predict("whoami", text="hi")
+        out["rpc_greet"] = await rpc.predict("greet")
     return out
 
 
