@@ -10,6 +10,7 @@ stack (uvicorn plus a framework) would add a layer per request and wants to own 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from ..exceptions import ConfigurationError
@@ -45,10 +46,13 @@ async def start_http_server(
     host: str,
     port: int,
     max_body_bytes: int,
+    max_json_bytes: int,
+    max_jsonrpc_batch: int,
     reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> HttpServer:
     """Listen on `host:port` (0 picks a free port) for KServe REST and JSON-RPC; calls go
-    through the same call policy (gate, middleware) as gRPC ones."""
+    through the same call policy (gate, middleware) and the same TLS as gRPC ones."""
     try:
         from aiohttp import web
     except ImportError:
@@ -81,12 +85,16 @@ async def start_http_server(
 
     app = web.Application(client_max_size=max_body_bytes, middlewares=[track])
     app.router.add_get("/health", health)
-    add_kserve_routes(app, runners, policy)
-    add_jsonrpc_routes(app, runners, policy)
+    add_kserve_routes(app, runners, policy, max_json_bytes)
+    add_jsonrpc_routes(
+        app, runners, policy, max_json_bytes=max_json_bytes, max_batch_calls=max_jsonrpc_batch
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        await web.TCPSite(
+            runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context
+        ).start()
     except OSError as exc:
         await runner.cleanup()
         raise ConfigurationError(f"cannot listen on {host}:{port} for HTTP: {exc}") from None

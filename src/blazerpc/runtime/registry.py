@@ -35,19 +35,17 @@ T = TypeVar("T")
 
 def served(models: Mapping[str, T], name: str, version: str, version_of: Callable[[T], str]) -> T:
     """From a mapping keyed as `ModelEntry.key`: the model `name` in `version` ("" for the
-    highest), or ModelNotFoundError naming what is served."""
+    highest), or ModelNotFoundError naming the model (not the others: callers decide whether
+    to list what is served)."""
     model = models.get(name)
     if model is not None and version and version_of(model) != version:
         model = models.get(f"{name}@{version}")
     if model is None:
-        names = list(dict.fromkeys(key.partition("@")[0] for key in models))
-        if version and name in names:
-            what = f"model '{name}' has no version '{version}'"
+        if version and name in models:
+            message = f"model '{name}' has no version '{version}'"
         else:
-            what = f"no model named '{name}'"
-        raise ModelNotFoundError(
-            name, version or "1", message=f"{what}; models: " + (", ".join(names) or "none")
-        )
+            message = f"no model named '{name}'"
+        raise ModelNotFoundError(name, version or "1", message=message)
     return model
 
 
