@@ -362,6 +362,10 @@ async def test_torch_model_hands_torch_tensors_and_returns_numpy() -> None:
         got = await client.predict("double", x=np.ones((1, 2), np.float32))
     assert got.tolist() == [[2, 2]]
     assert torch_to_numpy(numpy_to_torch(np.arange(3))).tolist() == [0, 1, 2]
+    frozen = np.arange(3.0)
+    frozen.flags.writeable = False
+    numpy_to_torch(frozen).add_(1)  # a copy: the read-only array is left alone
+    assert frozen.tolist() == [0.0, 1.0, 2.0]
 
 
 def test_extras_of_221_are_declared() -> None:

@@ -27,9 +27,12 @@ def torch_to_numpy(tensor: Any) -> np.ndarray:
 
 def numpy_to_torch(array: np.ndarray, device: str = "cpu", dtype: Any = None) -> Any:
     """A numpy array as a torch tensor on `device` (sharing memory on the CPU when it can),
-    converted to `dtype` if given."""
+    converted to `dtype` if given. A read-only array (request tensors are decoded without a
+    copy, straight from the message bytes) is copied: torch has no read-only tensors, and an
+    in-place op would write into the request."""
     torch = _torch()
-    tensor = torch.from_numpy(np.asarray(array))
+    array = np.asarray(array)
+    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     if dtype is not None:
         tensor = tensor.to(dtype)
     return tensor if device == "cpu" else tensor.to(device)
