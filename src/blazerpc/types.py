@@ -42,7 +42,8 @@ SCALARS: tuple[type, ...] = (str, int, float, bool, bytes)
 
 @dataclass(frozen=True)
 class Scalar:
-    """A proto3 scalar: str, int (int64), float (double), bool or bytes."""
+    """A proto3 scalar: str, int (int64), float (float, or double with BlazeApp(float64=True)),
+    bool or bytes."""
 
     py: type
 
