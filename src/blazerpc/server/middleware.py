@@ -163,6 +163,7 @@ def lower_keys(pairs: Sequence[tuple[str, str | bytes]] | None) -> dict[str, str
 
 
 def attach(middleware: Any, app: Any) -> None:
+    """2.2.1's `mw.attach(...)`, onto the app (duck-typed: the app module imports this one)."""
     if not isinstance(getattr(app, "middleware", None), list) or not hasattr(app, "registry"):
         raise TypeError(
             f"attach() takes the BlazeApp to add the middleware to, not {type(app).__name__}; "
@@ -180,7 +181,8 @@ class ExceptionMiddleware(Middleware):
 
 
 def transport_of(method: str) -> str:
-    """ "grpc" (native and KServe gRPC), "jsonrpc", or "http" (KServe REST), from the method."""
+    """The transport a call came by, read from its method: `grpc` (native and KServe gRPC),
+    `jsonrpc`, or `http` (KServe REST)."""
     if method.startswith(("predict.", "stream.")):
         return "jsonrpc"
     return "http" if method.startswith("/v2/") else "grpc"
@@ -202,12 +204,10 @@ class ResponseInfo:
     __slots__ = ("duration", "method", "status", "transport")
 
     def __init__(self, status: int, duration: float, transport: str, method: str = "") -> None:
-        self.status, self.duration, self.transport, self.method = (
-            status,
-            duration,
-            transport,
-            method,
-        )
+        self.status = status
+        self.duration = duration
+        self.transport = transport
+        self.method = method
 
 
 class TransportMiddleware(ABC):
