@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 # The fuzz suite's long pass (make test runs a short one).
 fuzz: $(STAMP)
-	$(BIN)/python -m pytest tests/test_fuzz.py -q -p no:cacheprovider --hypothesis-profile=fuzz
+	$(BIN)/python -m pytest tests/test_fuzz.py -q -p no:cacheprovider --hypothesis-profile=fuzz --timeout=3600
 
 # Benchmarks need h2load (Debian: nghttp2-client); installed here when missing.
 bench: $(STAMP)
@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batching.py
 	$(BIN)/python benchmarks/bench_kserve.py
 	$(BIN)/python benchmarks/bench_workers.py
+	$(BIN)/python benchmarks/bench_replicas.py
+	$(BIN)/python benchmarks/bench_admission.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

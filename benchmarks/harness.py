@@ -300,6 +300,7 @@ def h2load(
     duration: float | None = None,
     requests: int | None = None,
     service: str = "blazerpc.InferenceService",
+    headers: Sequence[str] = (),
 ) -> LoadResult:
     """Run h2load against ``/<service>/<method>``; exactly one of duration/requests.
 
@@ -327,6 +328,8 @@ def h2load(
         "te: trailers",
         f"--log-file={log_path}",
     ]
+    for header in headers:
+        cmd += ["-H", header]
     if duration is not None:
         cmd += ["-D", f"{duration:g}"]
     else:
