@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from .balancing import ADMISSION_HEADERS, SERVICE_CONFIG, channel_target
+from .balancing import ADMISSION_HEADERS, SERVICE_CONFIG, SERVICE_CONFIG_NO_HEALTH, channel_target
 from .codec import Codec
 from .exceptions import (
     BlazeRPCError,
@@ -33,14 +33,14 @@ Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
 _REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
-def _channel_options(max_message_mb: float) -> list[tuple[str, int | str]]:
+def _channel_options(max_message_mb: float, health_check: bool) -> list[tuple[str, int | str]]:
     limit = int(max_message_mb * 1024 * 1024)
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         # Balancing and retries: see balancing.py. A retry needs the request kept until the
         # call is admitted; by default only requests up to 256 KB are, so tensors were not.
-        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.service_config", SERVICE_CONFIG if health_check else SERVICE_CONFIG_NO_HEALTH),
         ("grpc.per_rpc_retry_buffer_size", limit),
         # A replica restarted on the same address (a fixed list, a single host) is found
         # again within seconds, not after gRPC's default backoff of up to two minutes.
@@ -195,9 +195,10 @@ class _Options:
         metadata: Metadata | None,
         tls: bool | ClientTLS,
         max_message_mb: float,
+        health_check: bool,
     ) -> None:
         self.target = channel_target(host, port)
-        self._channel_options = _channel_options(max_message_mb)
+        self._channel_options = _channel_options(max_message_mb, health_check)
         self._set_options(timeout, metadata)
         self._credentials = None
         if tls:
@@ -253,6 +254,8 @@ class BlazeClient(_Options):
     `host` may also be a list of `HOST:PORT` addresses or a target such as
     `dns:///model.ns.svc.cluster.local:50051`: calls are then balanced across every address
     (gRPC round_robin), and calls a replica refused before running them are retried.
+    Replicas are picked by their gRPC health; `health_check=False` skips that, for servers
+    whose health service is broken (blazerpc 2.2.1's, see docs/migrating.md).
     """
 
     def __init__(
@@ -265,8 +268,9 @@ class BlazeClient(_Options):
         metadata: Metadata | None = None,
         tls: bool | ClientTLS = False,
         max_message_mb: float = 64,
+        health_check: bool = True,
     ) -> None:
-        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb)
+        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb, health_check)
         self._channel: grpc.aio.Channel | None = None
 
     async def __aenter__(self) -> BlazeClient:
@@ -386,8 +390,9 @@ class SyncBlazeClient(_Options):
         metadata: Metadata | None = None,
         tls: bool | ClientTLS = False,
         max_message_mb: float = 64,
+        health_check: bool = True,
     ) -> None:
-        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb)
+        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb, health_check)
         if self._credentials is None:
             self._channel = grpc.insecure_channel(self.target, options=self._channel_options)
         else:
