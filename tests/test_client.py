@@ -22,7 +22,7 @@ from blazerpc import (
     ValidationError,
 )
 
-from .conftest import client_for, running
+from .support import client_for, running
 
 
 @dataclass

@@ -28,7 +28,8 @@ import pytest
 from blazerpc import BlazeApp
 
 from .compat221.app import app as compat_app
-from .processes import BLAZE, ROOT, blaze_serve, free_port, wait_serving, wait_until
+from .processes import BLAZE, ROOT, blaze_serve, wait_serving, wait_until
+from .support import free_port
 
 # What 2.2.1's `blaze proto tests.compat221.app:app` writes (2.2.1 maps Python float to
 # protobuf float). test_real_221_exports_the_pinned_proto checks this against 2.2.1 itself.

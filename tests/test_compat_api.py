@@ -43,7 +43,8 @@ from blazerpc.server.middleware import (
 )
 from blazerpc.types import Tensor
 
-from .protocol_servers import http, serving
+from .protocol_servers import http
+from .support import running
 
 # --- names and constructors ---------------------------------------------------------------------
 
@@ -129,7 +130,7 @@ def guarded_app(*middleware: Middleware | TransportMiddleware) -> BlazeApp:
 
 async def test_grpclib_error_from_middleware_gives_its_status_on_every_protocol() -> None:
     app = guarded_app(LoggingMiddleware(), AuthMiddleware())
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         async with BlazeClient("127.0.0.1", server.port) as client:
             with pytest.raises(BlazeRPCError) as info:
                 await client.predict("echo", text="hi")
@@ -150,7 +151,7 @@ async def test_logging_middleware_sees_the_status_of_a_rejected_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with (
-        serving(guarded_app(LoggingMiddleware(), AuthMiddleware())) as server,
+        running(guarded_app(LoggingMiddleware(), AuthMiddleware()), http=True) as server,
         BlazeClient("127.0.0.1", server.port) as client,
     ):
         with caplog.at_level(logging.INFO, logger="blazerpc.access"), pytest.raises(BlazeRPCError):
@@ -160,7 +161,7 @@ async def test_logging_middleware_sees_the_status_of_a_rejected_call(
 
 async def test_transport_middleware_sees_grpc_and_jsonrpc_calls() -> None:
     journal = Journal()
-    async with serving(guarded_app(journal)) as server:
+    async with running(guarded_app(journal), http=True) as server:
         client = BlazeClient("127.0.0.1", server.port, metadata={"x-tag": "g"})
         await client.predict("echo", text="hi")
         client.close()  # as 2.2.1's docs call it, without await
@@ -186,7 +187,7 @@ async def test_transport_logging_and_metrics_middleware(caplog: pytest.LogCaptur
     metrics, logs = TransportMetricsMiddleware(), TransportLoggingMiddleware()
     labels = {"method": "predict.echo", "status": "0", "transport": "jsonrpc"}
     before = REGISTRY.get_sample_value("blazerpc_transport_requests_total", labels) or 0
-    async with serving(guarded_app(metrics, logs, ExceptionMiddleware())) as server:
+    async with running(guarded_app(metrics, logs, ExceptionMiddleware()), http=True) as server:
         with caplog.at_level(logging.INFO, logger="blazerpc.middleware"):
             async with JsonRpcClient(f"http://127.0.0.1:{server.http_port}/jsonrpc") as rpc:
                 await rpc.predict("echo", text="x")
@@ -210,7 +211,7 @@ async def test_client_takes_model_name_as_a_keyword_and_closes_without_await() -
         for word in text.split():
             yield word
 
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         client = BlazeClient("127.0.0.1", server.port)
         assert await client.predict(model_name="echo", text="a") == "a"
         assert [w async for w in client.stream(model_name="words", text="a b")] == ["a", "b"]
@@ -260,7 +261,7 @@ def test_versions_get_their_own_rpcs_and_the_highest_is_the_default() -> None:
 async def test_each_version_is_callable_over_every_protocol() -> None:
     app = versioned_app()
     x = np.zeros((1, 2), np.float32)
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         for registry in (None, app.registry):
             async with BlazeClient("127.0.0.1", server.port, registry=registry) as client:
                 for model, want in (("sentiment", 10), ("sentiment@10", 10), ("sentiment@1", 1)):
@@ -358,7 +359,7 @@ async def test_torch_model_hands_torch_tensors_and_returns_numpy() -> None:
         assert isinstance(x, torch.Tensor)
         return x * 2
 
-    async with serving(app) as server, BlazeClient("127.0.0.1", server.port) as client:
+    async with running(app, http=True) as server, BlazeClient("127.0.0.1", server.port) as client:
         got = await client.predict("double", x=np.ones((1, 2), np.float32))
     assert got.tolist() == [[2, 2]]
     assert torch_to_numpy(numpy_to_torch(np.arange(3))).tolist() == [0, 1, 2]

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from blazerpc.protocols.kserve import messages
 
 from .apps.fuzz_app import app
-from .processes import blaze_serve, free_port, wait_serving
+from .processes import blaze_serve, wait_serving
+from .support import free_port
 
 MODELS = [m.name for m in app.registry]
 RPCS = {m.name: m.rpc for m in app.registry}

@@ -137,7 +137,7 @@ _ERRORS: dict[grpc.StatusCode, type[BlazeRPCError]] = {
 
 def _error(exc: grpc.RpcError) -> BlazeRPCError:
     """The library exception for a failed call, carrying its gRPC `code` and `details`."""
-    code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+    code, details = exc.code(), exc.details() or ""
     kind = _ERRORS.get(code, BlazeRPCError)
     error = kind(message=details) if kind is ModelNotFoundError else kind(details)
     error.code = code
@@ -180,11 +180,12 @@ class ClientTLS:
         )
 
 
-class _Options:
-    """Per-call settings kept apart from model inputs, so no parameter name can collide."""
+class _ClientBase:
+    """What BlazeClient and SyncBlazeClient share: the target, credentials, schema discovery,
+    and per-call settings kept apart from model inputs, so no parameter name can collide."""
 
     timeout: float | None
-    metadata: list[tuple[str, str]]
+    metadata: tuple[tuple[str, str], ...]
 
     def _setup(
         self,
@@ -212,7 +213,7 @@ class _Options:
         self.timeout = timeout
         items = metadata.items() if isinstance(metadata, Mapping) else metadata or ()
         # Every call asks for headers on admission, which makes its retries safe (balancing.py).
-        self.metadata = [*((k.lower(), v) for k, v in items), ADMISSION_HEADERS]
+        self.metadata = (*((k.lower(), v) for k, v in items), ADMISSION_HEADERS)
 
     def with_options(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
@@ -248,7 +249,7 @@ class _Options:
         return method
 
 
-class BlazeClient(_Options):
+class BlazeClient(_ClientBase):
     """Async client: `async with BlazeClient(host, port) as c: await c.predict("echo", ...)`.
 
     `host` may also be a list of `HOST:PORT` addresses or a target such as
@@ -302,7 +303,9 @@ class BlazeClient(_Options):
     async def _method(self, model: str, streaming: bool = False) -> _Method:
         methods = self._shared.get("methods")
         if methods is None:
-            call = self._get_channel().stream_stream(_REFLECTION_METHOD)(
+            reflect: grpc.aio.StreamStreamMultiCallable[bytes, bytes]
+            reflect = self._get_channel().stream_stream(_REFLECTION_METHOD)
+            call = reflect(
                 iter([_reflection_request()]), timeout=self.timeout, metadata=self.metadata
             )
             try:
@@ -317,6 +320,7 @@ class BlazeClient(_Options):
         for one version; it may also be given as `model_name=` (as in 2.2.1)."""
         model = _model_name(model, inputs)
         method = await self._method(model)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
         call = self._get_channel().unary_unary(method.path)
         try:
             data = await call(
@@ -350,7 +354,9 @@ class _Stream:
         if self._call is None:
             client = self._client
             self._method = await client._method(self._model, streaming=True)
-            self._call = client._get_channel().unary_stream(self._method.path)(
+            stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+            stream = client._get_channel().unary_stream(self._method.path)
+            self._call = stream(
                 self._method.encode(self._model, self._inputs),
                 timeout=client.timeout,
                 metadata=client.metadata,
@@ -361,7 +367,8 @@ class _Stream:
             raise _error(exc) from None
         if data is grpc.aio.EOF:
             raise StopAsyncIteration
-        return self._method.decode(data)  # type: ignore[union-attr]
+        assert self._method is not None  # resolved with the call, above
+        return self._method.decode(data)
 
     def cancel(self) -> None:
         """Stop the call now; iteration then ends."""
@@ -377,7 +384,7 @@ class _Stream:
         self.cancel()
 
 
-class SyncBlazeClient(_Options):
+class SyncBlazeClient(_ClientBase):
     """Blocking client for scripts and notebooks; same calls as BlazeClient, without await."""
 
     def __init__(
@@ -412,6 +419,7 @@ class SyncBlazeClient(_Options):
     def _method(self, model: str, streaming: bool = False) -> _Method:
         methods = self._shared.get("methods")
         if methods is None:
+            call: grpc.StreamStreamMultiCallable[bytes, bytes]
             call = self._channel.stream_stream(_REFLECTION_METHOD)
             try:
                 methods = _schema_from_reflection(
@@ -431,10 +439,9 @@ class SyncBlazeClient(_Options):
     def predict(self, model: str = "", /, **inputs: Any) -> Any:
         model = _model_name(model, inputs)
         method = self._method(model)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method.path)
         try:
-            data = self._channel.unary_unary(method.path)(
-                method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
-            )
+            data = call(method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise _error(exc) from None
         return method.decode(data)
@@ -442,9 +449,9 @@ class SyncBlazeClient(_Options):
     def stream(self, model: str = "", /, **inputs: Any) -> Iterator[Any]:
         model = _model_name(model, inputs)
         method = self._method(model, streaming=True)
-        call = self._channel.unary_stream(method.path)(
-            method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
-        )
+        stream: grpc.UnaryStreamMultiCallable[bytes, bytes]
+        stream = self._channel.unary_stream(method.path)
+        call = stream(method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata)
         try:
             for data in call:
                 yield method.decode(data)

@@ -159,7 +159,8 @@ class JsonRpcClient:
         session, self._session = self._session, None
         if session is None or session.closed:
             return _Closed()
-        return asyncio.ensure_future(session.close())
+        closing: Awaitable[None] = asyncio.ensure_future(session.close())
+        return closing
 
     async def __aenter__(self) -> JsonRpcClient:
         return self

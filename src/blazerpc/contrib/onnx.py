@@ -48,7 +48,10 @@ class ONNXModel:
                 f"the model takes {len(self._inputs)} inputs ({', '.join(self._inputs)}), "
                 f"got {len(inputs)}"
             )
-        return self._session.run(self._outputs, dict(zip(self._inputs, inputs, strict=True)))
+        outputs: list[np.ndarray] = self._session.run(
+            self._outputs, dict(zip(self._inputs, inputs, strict=True))
+        )
+        return outputs
 
     def predict_dict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on inputs by name; outputs by name."""

@@ -22,7 +22,7 @@ def torch_to_numpy(tensor: Any) -> np.ndarray:
     torch = _torch()
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
-    return tensor.detach().cpu().numpy()
+    return np.asarray(tensor.detach().cpu().numpy())
 
 
 def numpy_to_torch(array: np.ndarray, device: str = "cpu", dtype: Any = None) -> Any:
@@ -46,7 +46,9 @@ def torch_model(func: Callable[..., Any] | None = None, *, device: str = "cpu") 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         torch = _torch()
 
-        def inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], dict]:
+        def inputs(
+            args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[list[Any], dict[str, Any]]:
             def convert(v: Any) -> Any:
                 return numpy_to_torch(v, device) if isinstance(v, np.ndarray) else v
 

@@ -22,7 +22,7 @@ def tf_to_numpy(tensor: Any) -> np.ndarray:
     tf = _tf()
     if not isinstance(tensor, tf.Tensor):
         raise TypeError(f"expected a tf.Tensor, got {type(tensor).__name__}")
-    return tensor.numpy()
+    return np.asarray(tensor.numpy())
 
 
 def numpy_to_tf(array: np.ndarray, dtype: Any = None) -> Any:
@@ -39,7 +39,9 @@ def tf_model(func: Callable[..., Any] | None = None, *, dtype: Any = None) -> An
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         tf = _tf()
 
-        def inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], dict]:
+        def inputs(
+            args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[list[Any], dict[str, Any]]:
             def convert(v: Any) -> Any:
                 return numpy_to_tf(v, dtype) if isinstance(v, np.ndarray) else v
 

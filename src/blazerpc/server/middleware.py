@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,9 +157,9 @@ class OTelMetricsMiddleware(Middleware):
         self._duration.record(event.duration, {"method": event.method_name})
 
 
-def lower_keys(pairs: Sequence[tuple[str, str | bytes]] | None) -> dict[str, str]:
+def lower_keys(pairs: Iterable[tuple[str, str | bytes]] | None) -> dict[str, Any]:
     """gRPC metadata as a dict with lower-case keys (binary `-bin` values stay bytes)."""
-    return {k.lower(): v for k, v in pairs or ()}  # type: ignore[misc]
+    return {k.lower(): v for k, v in pairs or ()}
 
 
 def attach(middleware: Any, app: Any) -> None:

@@ -3,16 +3,14 @@ gRPC and REST adapters: its metadata, its input tensors by parameter name, its o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from grpc import StatusCode
 
+from ..._version import __version__
 from ...exceptions import RPCError, ValidationError
 from ...runtime.registry import served, version_key
 from ...runtime.runner import ModelRunner
-from ...server.policy import CallPolicy
-from ..calls import Decode, ModelCalls, off_loop
 from .tensors import InputSpec, OutputSpec, Unsupported
 
 PLATFORM = "blazerpc"
@@ -23,8 +21,6 @@ EXTENSIONS = ["binary_tensor_data"]
 
 
 def server_metadata() -> dict[str, Any]:
-    from ... import __version__
-
     return {"name": "blazerpc", "version": __version__, "extensions": EXTENSIONS}
 
 
@@ -32,10 +28,11 @@ class KServeModel:
     """A model's KServe view. Models whose parameters or result have no tensor form (a
     dataclass, a dict) are listed but refuse KServe calls with UNIMPLEMENTED, saying why."""
 
-    def __init__(self, runner: ModelRunner, policy: CallPolicy) -> None:
+    def __init__(self, runner: ModelRunner) -> None:
         entry = runner.entry
-        self.calls = ModelCalls(runner, policy)
+        self.runner = runner
         self.name, self.version, self.streaming = entry.name, entry.version, entry.streaming
+        self.key = entry.key  # as the models are keyed: `name`, or `name@version` below the highest
         self.versions = [self.version]
         self.unsupported: str | None = None
         self.inputs: dict[str, InputSpec] = {}
@@ -55,12 +52,6 @@ class KServeModel:
         """Refuse a call this model cannot take over KServe."""
         if self.unsupported is not None:
             raise RPCError(StatusCode.UNIMPLEMENTED, self.unsupported)
-
-    def decoder(self, decode: Callable[[], dict[str, Any]], payload_bytes: int) -> Decode:
-        """`decode`, off the event loop when it would split many BYTES elements there."""
-        if self.takes_bytes and payload_bytes > OFF_LOOP_BYTES:
-            return off_loop(decode)
-        return decode
 
     def check_unary(self, streaming_hint: str) -> None:
         if self.streaming:
@@ -122,8 +113,8 @@ class KServeModel:
         return {**self._defaults, **received}
 
 
-def kserve_models(runners: dict[str, ModelRunner], policy: CallPolicy) -> dict[str, KServeModel]:
-    models = {key: KServeModel(runner, policy) for key, runner in runners.items()}
+def kserve_models(runners: dict[str, ModelRunner]) -> dict[str, KServeModel]:
+    models = {key: KServeModel(runner) for key, runner in runners.items()}
     for model in models.values():  # issue 13: every version of a name, highest first
         model.versions = [m.version for m in models.values() if m.name == model.name]
         model.versions.sort(key=version_key, reverse=True)
