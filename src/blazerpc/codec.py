@@ -267,6 +267,7 @@ class Codec:
         self.cls = cls
         self.fields = fields
         self._fill = _message_filler(fields)
+        self._fill_first = _filler(fields[0].type, fields[0].name) if fields else None
         # Messages of scalars, and lists and maps of them, go through protobuf's own constructor.
         self._constructor_ok = all(_is_plain(f.type) for f in fields)
         read = _message_reader(fields)
