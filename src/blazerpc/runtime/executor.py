@@ -112,8 +112,9 @@ class SyncCalls:
         # not pay: there, CPU time must be cheap, and wall time under that wait's bound.
         wall_limit = self._short_stall_s = limit_s + 2 * sys.getswitchinterval()
 
-        def timed(kwargs: dict[str, Any]) -> tuple[Any, bool | None]:
-            """The result, and whether the call was cheap (None: preempted, cannot tell)."""
+        def timed(kwargs: dict[str, Any], verdict: list[bool | None]) -> Any:
+            """The result; `verdict` says whether the call was cheap (None: it was preempted,
+            or failed, so it cannot tell)."""
             before = usage()
             start = clock()
             try:
@@ -123,14 +124,13 @@ class SyncCalls:
                 # of strings) would otherwise hold the event loop up when the call returns.
                 kwargs.clear()
             wall = clock() - start
-            if wall <= limit_s:
-                return result, True
-            after = usage()
-            if after[0] - before[0] > limit_s:
-                return result, False
-            if wall <= wall_limit:
-                return result, True
-            return result, None if preempted_only(before, after) else False
+            if wall <= wall_limit:  # cheap unless its own CPU time says otherwise
+                verdict[0] = wall <= limit_s or usage()[0] - before[0] <= limit_s
+            else:
+                after = usage()
+                preempted = after[0] - before[0] <= limit_s and preempted_only(before, after)
+                verdict[0] = None if preempted else False
+            return result
 
         self._timed = timed
 
@@ -138,26 +138,41 @@ class SyncCalls:
     def mode(self) -> str:
         return "inline" if self.inline else "threads"
 
-    async def __call__(self, kwargs: dict[str, Any]) -> Any:
-        if self.inline:
-            self._inline_calls += 1
-            before = self._usage()
-            start = self._clock()
-            try:
-                return self._func(**kwargs)
-            finally:
-                wall = self._clock() - start
-                if wall > self.limit_s and self._held_the_loop(wall, before):
-                    self._demote()
+    def __call__(self, kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """The call's result, as a future. In a thread it is the executor's own future, so a
+        caller that is cancelled can still tell (and wait for) the thread it cannot stop."""
         loop = asyncio.get_running_loop()
-        result, cheap = await loop.run_in_executor(self._pool, self._timed, kwargs)
+        if self.inline:
+            done = loop.create_future()
+            try:
+                done.set_result(self._inline(kwargs))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
+        verdict: list[bool | None] = [None]
+        call = loop.run_in_executor(self._pool, self._timed, kwargs, verdict)
+        call.add_done_callback(lambda _: self._judged(verdict[0]))
+        return call
+
+    def _inline(self, kwargs: dict[str, Any]) -> Any:
+        self._inline_calls += 1
+        before = self._usage()
+        start = self._clock()
+        try:
+            return self._func(**kwargs)
+        finally:
+            wall = self._clock() - start
+            if wall > self.limit_s and self._held_the_loop(wall, before):
+                self._demote()
+
+    def _judged(self, cheap: bool | None) -> None:
+        """On the loop, once a call in a thread has returned: count it toward going inline."""
         if cheap:
             self._streak += 1
             if self._streak == self._proof:
                 self.inline = True
         elif cheap is not None:
             self._streak = 0
-        return result
 
     def _held_the_loop(self, wall: float, before: tuple[float, int, int]) -> bool:
         """Whether an inline call that took too long did so itself, rather than because the
