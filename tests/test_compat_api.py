@@ -299,6 +299,26 @@ async def test_each_version_is_callable_over_every_protocol() -> None:
             await client.close()
 
 
+async def test_jsonrpc_method_names_a_version_below_the_highest() -> None:
+    app = BlazeApp()
+
+    @app.model("echo")
+    async def v1(text: str, ctx: Context) -> str:
+        return f"v1 {ctx.method}"
+
+    @app.model("echo", version="2")
+    async def v2(text: str, ctx: Context) -> str:
+        return f"v2 {ctx.method}"
+
+    async with (
+        running(app, http=True) as server,
+        JsonRpcClient(f"http://127.0.0.1:{server.http_port}/jsonrpc") as rpc,
+    ):
+        assert await rpc.predict("echo", text="x") == "v2 predict.echo"
+        assert await rpc.predict("echo@2", text="x") == "v2 predict.echo"
+        assert await rpc.predict("echo@1", text="x") == "v1 predict.echo@1"
+
+
 # --- blazerpc.contrib and the extras ----------------------------------------------------------
 
 
