@@ -93,8 +93,11 @@ def model_handlers(
     for runner in runners:
         entry = runner.entry
         call = ModelCall(runner, policy, native_wire(entry, schema))
+        handler: grpc.RpcMethodHandler[Any, Any]
         if entry.streaming:
-            handlers[f"Predict{entry.rpc}"] = grpc.unary_stream_rpc_method_handler(_streamer(call))
+            handler = grpc.unary_stream_rpc_method_handler(_streamer(call))
         else:
-            handlers[f"Predict{entry.rpc}"] = grpc.unary_unary_rpc_method_handler(call.unary)
+            handler = grpc.unary_unary_rpc_method_handler(call.unary)
+        for rpc in (entry.rpc, *entry.aliases):  # aliases: issue 13, model versions
+            handlers[f"Predict{rpc}"] = handler
     return handlers
