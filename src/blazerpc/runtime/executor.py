@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import math
 import sys
+import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from time import perf_counter, thread_time
@@ -246,7 +247,9 @@ class Executor:
             close = getattr(gen, "close", None)
             if close is not None:
                 if step is None:
-                    self._pool.submit(close)
+                    # A thread of its own: queued in the pool, the close would be cancelled
+                    # by a shutdown that starts meanwhile, and the generator's finally skipped.
+                    threading.Thread(target=close, name="blazerpc-close", daemon=True).start()
                 else:  # next() is still running in its thread: close as soon as it returns
                     step.add_done_callback(lambda _: close())
 
