@@ -119,7 +119,7 @@ class BlazeApp:
 
     def batch_settings(self, entry: ModelEntry) -> BatchSettings | None:
         """How `entry` batches, or None when it runs call by call."""
-        if entry.streaming:
+        if entry.streaming or entry.client_streaming:
             return None
         auto = self.enable_batching and entry.stacks_tensors and not entry.signature.injected
         if not (entry.batched or auto):

@@ -82,7 +82,10 @@ def banner(
     """Each model with its version and how it runs, then where the server listens."""
     lines = [f"BlazeRPC '{app.name}' serving {len(app.registry)} model(s):"]
     for m in app.registry:
-        if m.streaming:
+        if m.client_streaming:
+            mode = "bidirectional streaming" if m.streaming else "client streaming"
+            mode += ", never batched"
+        elif m.streaming:
             mode = "streaming"
         elif (settings := app.batch_settings(m)) is not None:
             mode = f"unary, batched (up to {settings.max_batch_size})"

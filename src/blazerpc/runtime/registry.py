@@ -30,6 +30,11 @@ class ModelEntry:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def client_streaming(self) -> bool:
+        """The model takes a stream of requests (with `streaming`, the RPC is bidirectional)."""
+        return self.signature.streamed is not None
+
+    @property
     def rpc(self) -> str:
         return rpc_name(self.name)
 

@@ -24,6 +24,7 @@ from ..runtime.runner import ModelRunner
 from ..schema import Schema
 from .middleware import RequestEvent, lower_keys
 from .policy import CallPolicy
+from .streams import stream_input_core
 
 logger = logging.getLogger("blazerpc.server")
 
@@ -170,7 +171,15 @@ def model_handlers(
     handlers = {}
     for runner in runners:
         entry = runner.entry
-        if entry.streaming:
+        if entry.client_streaming:  # issue 15: client-streaming and bidirectional models
+            handle = _serve(stream_input_core(runner, schema, policy), entry, policy)
+            kind = (
+                grpc.stream_stream_rpc_method_handler
+                if entry.streaming
+                else grpc.stream_unary_rpc_method_handler
+            )
+            handlers[f"Predict{entry.rpc}"] = kind(handle)
+        elif entry.streaming:
             handle = _serve(stream_core(runner, schema, policy), entry, policy)
             handlers[f"Predict{entry.rpc}"] = grpc.unary_stream_rpc_method_handler(handle)
         else:
