@@ -12,6 +12,9 @@ from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from typing import Any
 
+from grpc import StatusCode
+
+from ..exceptions import RPCError
 from ..injection import Context, injector
 from ..runtime.runner import ModelRunner
 from ..server.middleware import RequestEvent
@@ -36,12 +39,20 @@ class ModelCalls:
         self._policy = policy
         injected = runner.entry.signature.injected
         self._inject = injector(injected) if injected else None
-        self._plain = not policy.middleware and self._inject is None
+        self._refusal = None
+        if runner.entry.client_streaming:  # issue 15: their request stream is native gRPC only
+            self._refusal = (
+                f"model '{runner.entry.name}' takes a stream of requests; call it over the "
+                "native gRPC service (BlazeClient, grpcurl, protoc stubs)"
+            )
+        self._plain = not policy.middleware and self._inject is None and self._refusal is None
 
     def _observed(self, caller: Caller) -> AbstractAsyncContextManager[None]:
         return self._policy.observed(RequestEvent(caller.method, caller.metadata, caller.peer))
 
     async def _arguments(self, decode: Callable[[], dict[str, Any]], caller: Caller) -> Any:
+        if self._refusal is not None:
+            raise RPCError(StatusCode.UNIMPLEMENTED, self._refusal)
         kwargs = decode()
         if self._inject is not None:
             context = Context(caller.metadata, caller.peer, caller.method, self._policy.app_state)
