@@ -267,7 +267,8 @@ class Signature:
 
 def _streamed_item(func: Callable[..., Any], name: str, annotation: Any, where: str) -> Any | None:
     """The item type of a parameter annotated as a stream, or None for any other parameter."""
-    is_async = _INPUT_STREAMS.get(typing.get_origin(annotation))  # type: ignore[call-overload]
+    origin = typing.get_origin(annotation) or annotation
+    is_async = _INPUT_STREAMS.get(origin) if isinstance(origin, type) else None
     if is_async is None:
         return None
     args = typing.get_args(annotation)

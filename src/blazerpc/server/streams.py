@@ -30,6 +30,7 @@ from .policy import CallPolicy
 logger = logging.getLogger("blazerpc.server")
 
 Requests = AsyncIterator[bytes]
+_CANCEL_WINDOW_S = 0.002
 StreamCore = Callable[[Requests, Any], Any]
 
 
@@ -37,8 +38,11 @@ class _Items:
     """One call's request stream, decoded item by item; remembers a bad item so that the call
     fails with it even if the model caught the error and carried on."""
 
-    def __init__(self, decode_item: Callable[[bytes, int], Any], requests: Requests) -> None:
+    def __init__(
+        self, decode_item: Callable[[bytes, int], Any], requests: Requests, context: Any
+    ) -> None:
         self.error: ValidationError | None = None
+        self._context = context
         self.iterator = self._decoded(decode_item, requests)
 
     async def _decoded(self, decode_item: Callable[[bytes, int], Any], requests: Requests) -> Any:
@@ -51,6 +55,13 @@ class _Items:
                 raise
             yield item
             index += 1
+        # grpc.aio ends the request stream alike whether the client half-closed, cancelled or
+        # ran out of time; a cancel reaches this task a moment later. Wait that moment, so a
+        # cancelled upload raises CancelledError in the model instead of looking complete.
+        remaining = self._context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise asyncio.CancelledError("the deadline has passed")
+        await asyncio.sleep(_CANCEL_WINDOW_S)
 
     def check(self) -> None:
         if self.error is not None:
@@ -116,7 +127,7 @@ def stream_input_core(runner: ModelRunner, schema: Schema, policy: CallPolicy) -
     if not entry.streaming:
 
         async def client_streaming(requests: Requests, context: Any) -> bytes:
-            items = _Items(decode_item, requests)
+            items = _Items(decode_item, requests, context)
             kwargs, source = await arguments(items, context)
             try:
                 result = await runner.predict(kwargs, context.time_remaining())
@@ -133,7 +144,7 @@ def stream_input_core(runner: ModelRunner, schema: Schema, policy: CallPolicy) -
         return client_streaming
 
     async def bidirectional(requests: Requests, context: Any) -> None:
-        items = _Items(decode_item, requests)
+        items = _Items(decode_item, requests, context)
         kwargs, source = await arguments(items, context)
         chunks = runner.stream(kwargs)
         try:
