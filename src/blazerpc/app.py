@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError
 from .injection import injected_marker
+from .protocols.openai_models import ChatTemplate, OpenAIModel, check_openai_model
 from .runtime.batcher import BatchSettings
 from .runtime.registry import ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
@@ -75,13 +76,21 @@ class BlazeApp:
         batch_timeout_ms: float | None = None,
         max_queue_size: int | None = None,
         max_concurrent_batches: int | None = None,
+        openai: bool = False,
+        chat_template: ChatTemplate | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as model `name`; the function is returned unchanged.
 
         `batched=True` makes the function take a list per parameter and return a list (tensor
-        models with a named leading axis batch without it). The other keywords override the
+        models with a named leading axis batch without it). The batching keywords override the
         app's batching settings for this model.
+
+        `openai=True` also serves a text model on the HTTP port's OpenAI-compatible endpoints
+        (`/v1/completions`, `/v1/chat/completions`); `chat_template` folds chat messages into
+        its prompt (default: `default_chat_template`).
         """
+        if chat_template is not None and not openai:
+            raise ConfigurationError(f"model '{name}': chat_template needs openai=True")
 
         def register(func: F) -> F:
             entry = self.registry.register(
@@ -101,6 +110,9 @@ class BlazeApp:
                     f"model '{name}': batched=True cannot take Context or Depends parameters "
                     "(one call serves many requests, each with its own context)"
                 )
+            if openai:
+                check_openai_model(entry)
+                entry.openai = OpenAIModel(entry, chat_template)
             self._schema = None
             return func
 

@@ -1,5 +1,5 @@
-"""The HTTP server that carries KServe v2 REST and JSON-RPC, started and stopped with the
-gRPC server and calling the same runners.
+"""The HTTP server that carries KServe v2 REST, JSON-RPC and the OpenAI-compatible API, started
+and stopped with the gRPC server and calling the same runners.
 
 It is aiohttp: it runs on the event loop grpc.aio already uses, so one process has one loop
 and one set of runners (and batchers) for every protocol; it parses HTTP in C (llhttp) and
@@ -57,6 +57,7 @@ async def start_http_server(
         ) from None
     from .jsonrpc import add_jsonrpc_routes
     from .kserve_rest import add_kserve_routes
+    from .openai import add_openai_routes
 
     # The handlers running now, so stop() gives them the gRPC calls' grace period and no more
     # (aiohttp's own shutdown waits up to twice its timeout for a response that never ends).
@@ -74,7 +75,10 @@ async def start_http_server(
     app = web.Application(client_max_size=max_body_bytes, middlewares=[track])
     add_kserve_routes(app, runners, policy)
     add_jsonrpc_routes(app, runners, policy)
-    runner = web.AppRunner(app, access_log=None)
+    add_openai_routes(app, runners, policy)
+    # A client that disconnects cancels its handler, so a model generating for it stops at
+    # once, as on gRPC, not at its next write.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()

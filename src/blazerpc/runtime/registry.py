@@ -28,6 +28,7 @@ class ModelEntry:
     signature: Signature
     batched: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    openai: Any = None  # an OpenAIModel when served on the OpenAI-compatible endpoints
 
     @property
     def client_streaming(self) -> bool:
