@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import numpy as np
 import pytest
@@ -893,7 +894,6 @@ async def test_sync_client_sends_iterables(registry: bool) -> None:
 
 
 async def test_other_protocols_refuse_stream_input_models() -> None:
-    aiohttp = pytest.importorskip("aiohttp", reason="the HTTP port needs the [http] extra")
     app = stream_app(Seen())
     server = await app.start(host="127.0.0.1", port=0, http_port=0)
     try:
