@@ -905,3 +905,33 @@ async def test_other_protocols_refuse_stream_input_models() -> None:
         assert "takes a stream of requests" in reply["error"]["message"]
     finally:
         await server.stop(grace=1.0)
+
+
+# --- the example -------------------------------------------------------------------------------
+
+
+async def test_the_transcribe_example_hears_every_key_as_it_comes() -> None:
+    from examples.transcribe.app import app
+    from examples.transcribe.client import chunks, dial
+
+    number = "5550100*#ABCD"
+    audio = dial(number, seed=7)
+    async with client_for(app) as client:
+        assert await client.predict("transcribe", audio=chunks(audio, realtime=False)) == number
+        # Live: each digit arrives while later audio is still unsent.
+        sent = 0
+
+        async def counted() -> AsyncIterator[np.ndarray]:
+            nonlocal sent
+            async for chunk in chunks(audio, realtime=False):
+                sent += len(chunk)
+                yield chunk
+                await asyncio.sleep(0.002)
+
+        heard, sent_when_heard = [], []
+        async for digit in client.stream("transcribe-live", audio=counted()):
+            heard.append(digit)
+            sent_when_heard.append(sent)
+        assert "".join(heard) == number
+        assert sent_when_heard[0] < len(audio) / 4  # the first key long before the end
+        assert sent_when_heard == sorted(sent_when_heard)
