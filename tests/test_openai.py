@@ -391,3 +391,30 @@ async def test_timing_first_chunk_is_not_held_back() -> None:
             assert [c.choices[0].text async for c in stream] == ["second ", ""]
         finally:
             await client.close()
+
+
+async def test_a_batched_model_batches_its_openai_calls() -> None:
+    app = BlazeApp()
+    sizes: list[int] = []
+
+    @app.model("batched-shout", openai=True, batched=True, max_batch_size=8, batch_timeout_ms=50)
+    def batched_shout(prompt: list[str]) -> list[str]:
+        sizes.append(len(prompt))
+        time.sleep(0.2)  # while one call runs, the other requests queue up for the next
+        return [p.upper() for p in prompt]
+
+    async with serving(app) as server:
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
+        )
+        try:
+            answers = await asyncio.gather(
+                *(
+                    client.completions.create(model="batched-shout", prompt=f"p{i}")
+                    for i in range(6)
+                )
+            )
+        finally:
+            await client.close()
+    assert [a.choices[0].text for a in answers] == [f"P{i}" for i in range(6)]
+    assert max(sizes) > 1  # concurrent requests shared a model call
