@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batching.py
 	$(BIN)/python benchmarks/bench_kserve.py
 	$(BIN)/python benchmarks/bench_workers.py
+	$(BIN)/python benchmarks/bench_stream_input.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
