@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests
+
+# The fuzz suite's long pass (make test runs a short one).
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest tests/test_fuzz.py -q -p no:cacheprovider --hypothesis-profile=fuzz
 
 # Benchmarks need h2load (Debian: nghttp2-client); installed here when missing.
 bench: $(STAMP)

@@ -6,8 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from blazerpc import BlazeApp, BlazeClient, Server
+
+# Fuzz profiles: a short pass in `make test`, `--hypothesis-profile=fuzz` for `make fuzz`.
+_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("ci", max_examples=80, **_FUZZ)
+settings.register_profile("fuzz", max_examples=3000, **_FUZZ)
+settings.load_profile("ci")
 
 
 @asynccontextmanager

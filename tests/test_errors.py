@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2
 
 from blazerpc import (
     BlazeApp,
@@ -18,7 +19,7 @@ from blazerpc import (
 )
 
 from .conftest import client_for, running
-from .wire import Reply, path, raw_call
+from .wire import Reply, path, raw_call, raw_stream
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -134,6 +135,33 @@ async def test_bad_tensor_is_invalid_argument_naming_field_expected_and_got(
             assert fragment in reply.details, (fragment, reply.details)
         assert "Traceback" not in reply.details
         await assert_echo_works(server.port)
+
+
+@pytest.mark.parametrize(
+    ("shape", "fragment"),
+    [([0, 2**62], "[0, 4611686018427387904]"), ([1] * 65, "[1, 1, 1")],
+    ids=["empty-but-too-big", "65-dimensions"],
+)
+async def test_shapes_numpy_cannot_hold_are_invalid_argument(shape: list[int], fragment: str):
+    """Over KServe a list parameter accepts any shape the byte count fits (none, or one
+    element here), yet numpy refuses these: still the client's mistake, not INTERNAL."""
+    from blazerpc.protocols.kserve import messages
+
+    app = BlazeApp()
+
+    @app.model("total")
+    async def total(values: list[float]) -> float:
+        return sum(values)
+
+    request = messages.ModelInferRequest(model_name="total")
+    request.inputs.add(name="values", datatype="FP64", shape=shape)
+    request.raw_input_contents.append(b"" if 0 in shape else np.zeros(1, np.float64).tobytes())
+    async with running(app) as server:
+        reply = await raw_call(
+            server.port, "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
+        )
+        assert reply.code == INVALID, reply
+        assert "'values'" in reply.details and fragment in reply.details, reply.details
 
 
 async def test_good_tensor_is_accepted_by_the_same_model() -> None:
@@ -375,3 +403,61 @@ async def test_response_over_the_configured_limit_fails_cleanly() -> None:
             await client.predict("blow-up", n=2 * 1024 * 1024)
         assert getattr(info.value, "code", None) == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert await client.predict("blow-up", n=10) == b"x" * 10
+
+
+GARBAGE = b"\xff\xff\xff\xff"
+KSERVE_SERVICE = "/inference.GRPCInferenceService"
+# (method, client streaming, server streaming)
+STOCK_SERVICES = [
+    (f"{KSERVE_SERVICE}/ServerMetadata", False, False),
+    (f"{KSERVE_SERVICE}/ModelMetadata", False, False),
+    (f"{KSERVE_SERVICE}/ModelReady", False, False),
+    (f"{KSERVE_SERVICE}/ModelStreamInfer", True, True),
+    ("/grpc.health.v1.Health/Check", False, False),
+    ("/grpc.health.v1.Health/Watch", False, True),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "client_streaming", "server_streaming"),
+    STOCK_SERVICES,
+    ids=[m.rsplit("/", 1)[1] for m, _, _ in STOCK_SERVICES],
+)
+async def test_garbage_bytes_to_every_service_are_invalid_argument_and_log_nothing(
+    method: str,
+    client_streaming: bool,
+    server_streaming: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpcio itself answers UNKNOWN and logs a traceback for bytes its deserializer rejects,
+    so any client, token or not, could flood the log."""
+    async with running(error_app()) as server:
+        reply = await raw_stream(
+            server.port,
+            method,
+            [GARBAGE],
+            client_streaming=client_streaming,
+            server_streaming=server_streaming,
+        )
+        assert reply.code == INVALID, reply
+        assert "could not be decoded" in reply.details, reply.details
+        await assert_echo_works(server.port)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_reflection_can_be_switched_off() -> None:
+    app = error_app()
+    app.reflection = False
+    request = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    async with running(app) as server:
+        reply = await raw_stream(server.port, method, [request])
+        assert reply.code == grpc.StatusCode.UNIMPLEMENTED, reply
+    async with running(error_app()) as server:
+        reply = await raw_stream(server.port, method, [request])
+        assert reply.code == grpc.StatusCode.OK, reply
+        listed = reflection_pb2.ServerReflectionResponse.FromString(reply.data)
+        assert "blazerpc.InferenceService" in [
+            s.name for s in listed.list_services_response.service
+        ]

@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -306,6 +306,56 @@ BAD_REQUESTS = {
         ["'features'", '"data"'],
     ),
     "not JSON": ("project", "{nope", 400, ["not valid JSON"]),
+    "nested too deeply": ("project", "[" * 100_000, 400, ["nested too deeply"]),
+    "outputs not an array": (
+        "echo",
+        {**_infer("text", "BYTES", [1], ["a"]), "outputs": "x"},
+        400,
+        ['"outputs"', "array"],
+    ),
+    "outputs of numbers": (
+        "echo",
+        {**_infer("text", "BYTES", [1], ["a"]), "outputs": [1]},
+        400,
+        ['"outputs"', "tensor objects"],
+    ),
+    "parameters an array": (
+        "echo",
+        {**_infer("text", "BYTES", [1], ["a"]), "parameters": [1]},
+        400,
+        ['"parameters"', "object"],
+    ),
+    "input parameters a number": (
+        "echo",
+        {
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"], "parameters": 5}
+            ]
+        },
+        400,
+        ['"parameters" of inputs[0]', "object"],
+    ),
+    "negative binary_data_size": (
+        "echo",
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": -4},
+                }
+            ]
+        },
+        400,
+        ["'text'", "binary_data_size -4"],
+    ),
+    "string that is no float": (
+        "project",
+        _infer("features", "FP32", [1, 4], ["NaN", 1, 2, "lots"]),
+        400,
+        ["'features'", "'lots'"],
+    ),
     "unknown model": ("nope", {"inputs": []}, 404, ["'nope'"]),
     "streaming model": ("tokens", {"inputs": []}, 400, ["streams", "ModelStreamInfer"]),
     "model raises": ("fails", _infer("n", "INT64", [1], [7]), 500, ["ValueError: boom 7"]),
@@ -323,6 +373,44 @@ async def test_bad_requests_answer_the_http_status_of_the_native_error(case: str
             assert fragment in error
         ok = await http(url(server, "/v2/models/echo/infer"), _infer("text", "BYTES", [1], ["x"]))
         assert ok.status == 200  # the server goes on serving
+
+
+async def test_non_finite_floats_are_strings_both_ways_so_the_json_stays_valid() -> None:
+    app = BlazeApp()
+
+    @app.model("scale")
+    def scale(x: TensorInput[np.float32, "n"]) -> TensorOutput[np.float32, "n"]:
+        return x * 2
+
+    body = _infer("x", "FP32", [4], ["NaN", "Infinity", "-Infinity", 1.5])
+    async with serving(app) as server:
+        reply = await http(url(server, "/v2/models/scale/infer"), body)
+    assert reply.status == 200, reply.body
+
+    def strict(token: str) -> None:
+        raise AssertionError(f"bare {token} is not JSON")
+
+    data = json.loads(reply.body, parse_constant=strict)["outputs"][0]["data"]
+    assert data == ["NaN", "Infinity", "-Infinity", 3.0]
+
+
+async def test_bodies_over_their_limits_answer_413_and_the_server_goes_on() -> None:
+    app = rest_app(max_message_mb=1)
+    app.limits = replace(app.limits, max_json_bytes=4096)
+    infer = "/v2/models/echo/infer"
+    async with serving(app) as server:
+        big_json = _infer("text", "BYTES", [1], ["x" * 5000])
+        reply = await http(url(server, infer), big_json)
+        assert reply.status == 413, reply.body
+        assert "over the limit of 4096 bytes" in reply.json()["error"]  # type: ignore[index]
+
+        header = json.dumps(_infer("text", "BYTES", [1], None)).encode()
+        huge = header + b"\0" * (2 * 1024 * 1024)
+        reply = await http(url(server, infer), huge, {HEADER_LENGTH: str(len(header))})
+        assert reply.status == 413, reply.body
+
+        ok = await http(url(server, infer), _infer("text", "BYTES", [1], ["x" * 100]))
+        assert ok.status == 200, ok.body
 
 
 async def test_bodies_past_aiohttps_one_mebibyte_default_are_accepted() -> None:

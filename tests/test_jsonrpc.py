@@ -4,8 +4,9 @@ batch arrays, server-sent events, the standard error codes; called with plain HT
 import asyncio
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,15 @@ def rpc_app(**settings: Any) -> BlazeApp:
     @app.model("fails")
     def fails(n: int) -> int:
         raise ValueError(f"boom {n}")
+
+    @app.model("lingers", streaming=True)
+    async def lingers(word: str) -> AsyncIterator[str]:
+        yield word
+        await asyncio.sleep(0.05)  # done with chunks, not yet with the stream
+
+    @app.model("half")
+    async def half(x: float) -> float:
+        return x / 2
 
     @app.model("tokens", streaming=True)
     async def tokens(prompt: str) -> AsyncIterator[str]:
@@ -271,6 +281,18 @@ CALL_ERRORS = {
         "INVALID_ARGUMENT",
     ),
     "model raises": (call("predict.fails", {"n": 3}), -32603, "ValueError: boom 3", "INTERNAL"),
+    "float out of range": (
+        call("predict.half", {"x": 10**400}),
+        -32602,
+        "field 'x': 1000000000",
+        "INVALID_ARGUMENT",
+    ),
+    "int past 64 bits": (
+        call("predict.echo", {"text": "a", "times": 2**64}),
+        -32602,
+        "field 'times': 18446744073709551616 is out of range for a 64-bit integer",
+        "INVALID_ARGUMENT",
+    ),
 }
 
 
@@ -291,6 +313,63 @@ async def test_parse_error() -> None:
         assert reply.status == 200
         body = reply.json()
         assert body["error"]["code"] == -32700 and body["id"] is None  # type: ignore[index]
+
+
+async def test_limits_on_body_size_batch_length_and_nesting() -> None:
+    app = rpc_app()
+    app.limits = replace(app.limits, max_json_bytes=4096, max_jsonrpc_batch=3)
+    endpoint = "/jsonrpc"
+    async with serving(app) as server:
+        address = f"http://127.0.0.1:{server.http_port}"
+        big = await http(address + endpoint, call("predict.echo", {"text": "x" * 5000}))
+        assert big.status == 413
+        assert "over the limit of 4096 bytes" in big.json()["error"]["message"]  # type: ignore[index]
+
+        batch = await rpc(server, [call("predict.echo", {"text": "a"}, id=i) for i in range(4)])
+        assert batch["error"]["code"] == -32600  # type: ignore[index]
+        assert "batch of 4 calls is over the limit of 3" in batch["error"]["message"]  # type: ignore[index]
+
+        deep = await http(address + endpoint, "[" * 4000)
+        assert deep.status == 200 and deep.json()["error"]["code"] == -32700  # type: ignore[index]
+        assert "nested too deeply" in deep.json()["error"]["message"]  # type: ignore[index]
+
+        replies = await rpc(server, [call("predict.echo", {"text": "a"}, id=i) for i in range(3)])
+        assert [r["result"] for r in replies] == ["A"] * 3
+
+
+async def test_non_finite_floats_travel_as_strings_in_valid_json() -> None:
+    async with serving(rpc_app()) as server:
+        reply = await http(
+            f"http://127.0.0.1:{server.http_port}/jsonrpc",
+            [call("predict.half", {"x": "Infinity"}, id=1), call("predict.half", {"x": "NaN"}, 2)],
+        )
+
+    def strict(token: str) -> None:
+        raise AssertionError(f"bare {token} is not JSON")
+
+    results = [r["result"] for r in json.loads(reply.body, parse_constant=strict)]
+    assert results == ["Infinity", "NaN"]
+
+
+async def test_a_client_that_leaves_after_the_last_chunk_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client has everything it wanted and closes; the server's last writes find the
+    connection gone, which is no error worth a traceback."""
+    async with serving(rpc_app()) as server:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+            body = json.dumps({"params": {"word": "last"}}).encode()
+            writer.write(
+                b"POST /jsonrpc/stream/lingers HTTP/1.1\r\nHost: x\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            await reader.readuntil(b'data: "last"')
+            writer.transport.abort()  # a reset, not a polite close
+        await asyncio.sleep(0.2)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_server_sent_events_for_a_streaming_model() -> None:

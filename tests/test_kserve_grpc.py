@@ -5,6 +5,7 @@ and grpcurl."""
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton
 from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
 from tritonclient.grpc import service_pb2 as stock
 from tritonclient.grpc import service_pb2_grpc as stock_grpc
@@ -26,6 +28,7 @@ from blazerpc.server.middleware import Middleware, ResponseEvent, TokenAuthMiddl
 
 from .processes import free_port
 from .protocol_servers import ROOT, assert_documented_output, examples, run_example, serving
+from .wire import raw_call
 
 PROTO_DIR = ROOT / "src" / "blazerpc" / "protocols" / "kserve"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -470,6 +473,67 @@ async def test_middleware_and_context_apply_to_kserve_calls() -> None:
         result = await client.infer("whoami", [text], headers=headers)
         assert result.as_numpy("result").tolist() == [f"hi {method} ann".encode()]
     assert seen == [(method, grpc.StatusCode.UNAUTHENTICATED), (method, grpc.StatusCode.OK)]
+
+
+def bytes_request(model: str, name: str, elements: list[bytes], shape: list[int]) -> bytes:
+    request = messages.ModelInferRequest(model_name=model)
+    request.inputs.add(name=name, datatype="BYTES", shape=shape)
+    request.raw_input_contents.append(b"".join(len(e).to_bytes(4, "little") + e for e in elements))
+    return request.SerializeToString()
+
+
+async def test_bytes_elements_are_counted_against_the_shape_before_they_are_split() -> None:
+    app = BlazeApp()
+
+    @app.model("count")
+    def count(words: list[str]) -> int:
+        return len(words)
+
+    @app.model("shout")
+    def shout(word: str) -> str:
+        return word.upper()
+
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    async with serving(app) as server:
+        more = await raw_call(server.port, infer, bytes_request("count", "words", [b"a"] * 3, [2]))
+        assert more.code == INVALID and "more than the 2 elements" in more.details, more
+        many = await raw_call(server.port, infer, bytes_request("shout", "word", [b"a"] * 9, [9]))
+        assert many.code == INVALID and "shape [1]" in many.details, many
+        ok = await raw_call(server.port, infer, bytes_request("count", "words", [b"a"] * 3, [3]))
+        assert ok.code == grpc.StatusCode.OK, ok
+
+
+async def test_a_large_bytes_request_does_not_hold_up_health_checks() -> None:
+    """A million BYTES elements take most of a second to split in Python; on the event loop,
+    they would hold every other call up that long."""
+    app = BlazeApp()
+
+    @app.model("count")
+    def count(words: list[str]) -> int:
+        return len(words)
+
+    n = 1_000_000
+    request = bytes_request("count", "words", [b"a"] * n, [n])
+    async with (
+        serving(app) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        check = health_pb2_grpc.HealthStub(channel).Check
+        await check(health_pb2.HealthCheckRequest())
+        big = asyncio.ensure_future(
+            raw_call(server.port, "/inference.GRPCInferenceService/ModelInfer", request)
+        )
+        delays = []
+        while not big.done():
+            start = time.perf_counter()
+            await check(health_pb2.HealthCheckRequest(), timeout=10)
+            delays.append(time.perf_counter() - start)
+            await asyncio.sleep(0.005)
+        reply = await big
+    assert reply.code == grpc.StatusCode.OK, reply
+    raw = messages.ModelInferResponse.FromString(reply.data).raw_output_contents[0]
+    assert np.frombuffer(raw, "<i8").tolist() == [n]
+    assert len(delays) > 5 and max(delays) < 0.25, [round(d, 3) for d in delays]
 
 
 async def test_requested_output_and_unrequested_binary_output_with_tritonclient() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -124,3 +125,50 @@ def test_default_limits_become_server_options(reuse_port: bool) -> None:
         "grpc.http2.min_ping_interval_without_data_ms": 10_000,
         "grpc.so_reuseport": int(reuse_port),
     }
+
+
+def overload_app() -> BlazeApp:
+    app = BlazeApp(max_queue_size=4)
+    app.state.release = None
+
+    @app.model("sync-slow")
+    def sync_slow(seconds: float) -> str:
+        import time
+
+        time.sleep(seconds)
+        return "done"
+
+    @app.model("async-slow")
+    async def async_slow(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    @app.model("drip", streaming=True, max_queue_size=2)
+    async def drip(seconds: float) -> AsyncIterator[str]:
+        await asyncio.sleep(seconds)
+        yield "done"
+
+    return app
+
+
+@pytest.mark.parametrize(("model", "limit"), [("sync-slow", 4), ("async-slow", 4), ("drip", 2)])
+async def test_models_that_do_not_batch_refuse_calls_past_max_queue_size_at_once(
+    model: str, limit: int
+) -> None:
+    """Past the bound, RESOURCE_EXHAUSTED comes at once, not after waiting for a deadline;
+    the calls admitted all complete, and once they have, the model admits calls again."""
+    async with client_for(overload_app()) as client:
+
+        def call(seconds: float):
+            if model == "drip":
+                return client.stream(model, seconds=seconds).__anext__()
+            return client.predict(model, seconds=seconds)
+
+        loop = asyncio.get_running_loop()
+        admitted = [asyncio.ensure_future(call(1.0)) for _ in range(limit)]
+        await asyncio.sleep(0.3)  # every admitted call has reached the model
+        start = loop.time()
+        assert await code_of(call(1.0)) is StatusCode.RESOURCE_EXHAUSTED
+        assert loop.time() - start < 0.5
+        assert [await c for c in admitted] == ["done"] * limit
+        assert await call(0) == "done"

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -119,6 +120,21 @@ def test_cli_runner_uses_uvloop_when_installed() -> None:
 
     run(main())
     assert isinstance(seen[0], uvloop.Loop)
+
+
+def test_without_uvloop_a_failure_carries_no_chained_import_error() -> None:
+    """Every traceback of a server without uvloop used to end "During handling of the above
+    exception, another exception occurred" after a ModuleNotFoundError for uvloop."""
+    script = (
+        "import sys; sys.modules['uvloop'] = None\n"
+        "from blazerpc.cli import run\n"
+        "async def main():\n"
+        "    raise RuntimeError('the real failure')\n"
+        "run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode != 0 and "RuntimeError: the real failure" in done.stderr
+    assert "uvloop" not in done.stderr and "another exception" not in done.stderr, done.stderr
 
 
 # --- grpcurl, through reflection only ----------------------------------------------------

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import signal
+import ssl
 import subprocess
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +156,36 @@ def test_blaze_serve_refuses_a_key_without_a_certificate() -> None:
     )
     assert done.returncode == 2
     assert "--tls-cert and --tls-key" in done.stderr
+
+
+def http_outcome(port: int, scheme: str, context: ssl.SSLContext | None) -> str:
+    """How a KServe REST inference call on the HTTP port ends: its HTTP status, or the name
+    of the error that kept it from being answered."""
+    body = json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["secret"]}]}
+    ).encode()
+    url = f"{scheme}://127.0.0.1:{port}/v2/models/echo/infer"
+    try:
+        with urllib.request.urlopen(url, body, timeout=5, context=context) as reply:
+            assert json.loads(reply.read())["outputs"][0]["data"] == ["secret"]
+            return str(reply.status)
+    except (OSError, http.client.HTTPException) as exc:
+        return type(exc).__name__
+
+
+async def test_the_http_port_requires_the_same_tls_and_client_certificate(pki: Pki) -> None:
+    """A call refused on the gRPC port for want of a client certificate is refused on the
+    HTTP port too: no port is a plaintext way around mutual TLS."""
+    tls = ServerTLS(pki.server_cert, pki.server_key, client_ca_file=pki.ca)
+    server = await echo_app().start(port=0, tls=tls, http_port=0)
+    trusted = ssl.create_default_context(cafile=pki.ca)
+    trusted.load_cert_chain(pki.client_cert, pki.client_key)
+    no_cert = ssl.create_default_context(cafile=pki.ca)
+    try:
+        port = server.http_port
+        assert await asyncio.to_thread(http_outcome, port, "https", trusted) == "200"
+        assert await asyncio.to_thread(http_outcome, port, "https", no_cert) != "200"
+        assert await asyncio.to_thread(http_outcome, port, "http", None) != "200"
+        assert await outcome(server.port, ClientTLS(ca_file=pki.ca)) is StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(1)

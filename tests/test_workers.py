@@ -200,3 +200,19 @@ def test_supervisor_gives_up_when_workers_cannot_start() -> None:
     with blaze_serve("--port", str(port), "--workers", "2", env=env) as proc:
         assert exits_within(proc, 15) != 0
         assert "weights not found" in proc.stdout.read()
+
+
+def test_workers_exit_when_the_supervisor_is_killed() -> None:
+    """SIGKILL leaves the supervisor no chance to pass SIGTERM on: the workers notice it is
+    gone and drain, instead of serving on as orphans that share the port with a new server."""
+    port = free_port()
+    with blaze_serve("--port", str(port), "--workers", "2", "--grace-period", "2") as proc:
+        wait_serving(port, proc)
+        workers = pids_serving(port, 2, [])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        wait_until(
+            lambda: not any(alive(pid) for pid in workers),
+            timeout=10,
+            what=f"workers {workers} to exit after their supervisor was killed",
+        )

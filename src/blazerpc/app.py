@@ -49,6 +49,7 @@ class BlazeApp:
         max_message_mb: float = 64,
         max_threads: int | None = None,
         metrics_port: int | None = None,
+        reflection: bool = True,
     ) -> None:
         self.name = name
         self.enable_batching = enable_batching
@@ -59,6 +60,7 @@ class BlazeApp:
         self.limits = Limits(max_message_bytes=int(max_message_mb * 1024 * 1024))
         self.max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
         self.metrics_port = metrics_port
+        self.reflection = reflection
         self.registry = ModelRegistry()
         self.state = types.SimpleNamespace()
         self._startup: list[Hook] = []
@@ -201,12 +203,16 @@ class BlazeApp:
                 if (settings := self.batch_settings(m)) is not None
             },
             max_threads=self.max_threads,
+            max_in_flight={
+                m.name: m.options.get("max_queue_size", self.max_queue_size) for m in self.registry
+            },
             limits=self.limits,
             tls=tls,
             reuse_port=reuse_port,
             on_stop=lambda: self._run_hooks(self._shutdown),
             batch_observer=BatchMetrics if with_metrics else None,
             http_port=http_port,
+            reflection=self.reflection,
         )
         try:
             if not reuse_port:

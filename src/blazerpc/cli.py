@@ -65,6 +65,8 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:
+        uvloop = None  # run outside the except block: no chained ImportError on every traceback
+    if uvloop is None:
         asyncio.run(coro)
     else:
         uvloop.run(coro)
@@ -78,6 +80,7 @@ def banner(
     workers: int = 1,
     tls: bool = False,
     http_port: int | None = None,
+    reflection: bool = True,
 ) -> str:
     """Each model with its version and how it runs, then where the server listens."""
     lines = [f"BlazeRPC '{app.name}' serving {len(app.registry)} model(s):"]
@@ -94,12 +97,11 @@ def banner(
         lines.append(f"  {m.name:<24} v{m.version:<6} {mode}")
     scheme = "gRPC with TLS" if tls else "gRPC"
     procs = f", {workers} workers" if workers > 1 else ""
-    lines.append(
-        f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; "
-        "health and reflection enabled)"
-    )
+    services = "health and reflection enabled" if reflection else "health enabled, reflection off"
+    lines.append(f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; {services})")
     if http_port is not None:
-        lines.append(f"HTTP on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
+        http = "HTTPS" if tls else "HTTP"
+        lines.append(f"{http} on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
     return "\n".join(lines)
 
 
@@ -130,6 +132,9 @@ def serve(
     tls_client_ca: Annotated[
         Path | None, typer.Option(help="Require client certificates signed by this CA")
     ] = None,
+    reflection: Annotated[
+        bool, typer.Option(help="Serve gRPC reflection (it lists every model, without auth)")
+    ] = True,
 ) -> None:
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
     if reload and workers > 1:
@@ -148,10 +153,22 @@ def serve(
         tls,
         metrics_port,
         max_message_mb,
+        reflection=reflection,
         options={} if http_port is None else {"http_port": http_port},
     )
     app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
-    typer.echo(banner(app, host, port, workers=workers, tls=tls is not None, http_port=http_port))
+    reflection = reflection and app.reflection
+    typer.echo(
+        banner(
+            app,
+            host,
+            port,
+            workers=workers,
+            tls=tls is not None,
+            http_port=http_port,
+            reflection=reflection,
+        )
+    )
     try:
         if reload:
             serve_with_reload(config)

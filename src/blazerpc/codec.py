@@ -53,7 +53,12 @@ def decode_tensor(proto: Any, spec: Tensor, path: str) -> np.ndarray:
             f"(shape {list(shape)} x {dtype.itemsize}-byte {proto.dtype})",
             field=path,
         )
-    return np.frombuffer(data, dtype).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype).reshape(shape)
+    except ValueError as exc:  # numpy's own limits: too many dimensions, or an empty array too big
+        raise ValidationError(
+            f"field '{path}': shape {list(shape)} cannot be an array: {exc}", field=path
+        ) from None
 
 
 def _check_dims(

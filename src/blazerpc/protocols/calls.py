@@ -7,7 +7,8 @@ inside, so middleware sees the status a validation or encoding failure ends with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,14 @@ from ..runtime.runner import ModelRunner
 from ..server.middleware import RequestEvent
 from ..server.policy import CallPolicy
 
+Decode = Callable[[], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+
+
+def off_loop(decode: Callable[[], dict[str, Any]]) -> Decode:
+    """`decode` run in a thread: for decoding that loops in Python over a large request
+    (BYTES elements), so the event loop goes on answering other calls meanwhile."""
+    return lambda: asyncio.to_thread(decode)
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -29,6 +38,14 @@ class Caller:
     method: str
     metadata: Mapping[str, Any]
     peer: str
+
+
+def observed(
+    policy: CallPolicy, caller: Caller, *, gated: bool = True
+) -> AbstractAsyncContextManager[None]:
+    """The middleware around a call that names a model: whatever the call reveals about
+    models (their metadata, or that one does not exist) only reaches callers it admits."""
+    return policy.observed(RequestEvent(caller.method, caller.metadata, caller.peer), gated=gated)
 
 
 class ModelCalls:
@@ -48,12 +65,14 @@ class ModelCalls:
         self._plain = not policy.middleware and self._inject is None and self._refusal is None
 
     def _observed(self, caller: Caller) -> AbstractAsyncContextManager[None]:
-        return self._policy.observed(RequestEvent(caller.method, caller.metadata, caller.peer))
+        return observed(self._policy, caller)
 
-    async def _arguments(self, decode: Callable[[], dict[str, Any]], caller: Caller) -> Any:
+    async def _arguments(self, decode: Decode, caller: Caller) -> Any:
         if self._refusal is not None:
             raise RPCError(StatusCode.UNIMPLEMENTED, self._refusal)
         kwargs = decode()
+        if not isinstance(kwargs, dict):
+            kwargs = await kwargs
         if self._inject is not None:
             context = Context(caller.metadata, caller.peer, caller.method, self._policy.app_state)
             kwargs.update(await self._inject(context))
@@ -61,7 +80,7 @@ class ModelCalls:
 
     async def unary(
         self,
-        decode: Callable[[], dict[str, Any]],
+        decode: Decode,
         encode: Callable[[Any], Any],
         caller: Callable[[], Caller],
         timeout: float | None,
@@ -69,14 +88,15 @@ class ModelCalls:
         """`encode(model(**decode()))`; `caller()` is only asked for when something uses it."""
         if self._plain:
             self._policy.gate.admit()
-            return encode(await self.runner.predict(decode(), timeout))
+            kwargs = decode()
+            if not isinstance(kwargs, dict):
+                kwargs = await kwargs
+            return encode(await self.runner.predict(kwargs, timeout))
         who = caller()
         async with self._observed(who):
             return encode(await self.runner.predict(await self._arguments(decode, who), timeout))
 
-    async def stream(
-        self, decode: Callable[[], dict[str, Any]], caller: Callable[[], Caller]
-    ) -> AsyncIterator[Any]:
+    async def stream(self, decode: Decode, caller: Callable[[], Caller]) -> AsyncIterator[Any]:
         """A streaming model's chunks; closing this iterator closes the model's generator."""
         who = caller()
         async with self._observed(who):

@@ -10,6 +10,7 @@ stack (uvicorn plus a framework) would add a layer per request and wants to own 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from ..exceptions import ConfigurationError
@@ -45,10 +46,13 @@ async def start_http_server(
     host: str,
     port: int,
     max_body_bytes: int,
+    max_json_bytes: int,
+    max_jsonrpc_batch: int,
     reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> HttpServer:
     """Listen on `host:port` (0 picks a free port) for KServe REST and JSON-RPC; calls go
-    through the same call policy (gate, middleware) as gRPC ones."""
+    through the same call policy (gate, middleware) and the same TLS as gRPC ones."""
     try:
         from aiohttp import web
     except ImportError:
@@ -73,15 +77,19 @@ async def start_http_server(
             in_flight.discard(task)  # type: ignore[arg-type]
 
     app = web.Application(client_max_size=max_body_bytes, middlewares=[track])
-    add_kserve_routes(app, runners, policy)
-    add_jsonrpc_routes(app, runners, policy)
-    add_openai_routes(app, runners, policy)
+    add_kserve_routes(app, runners, policy, max_json_bytes)
+    add_jsonrpc_routes(
+        app, runners, policy, max_json_bytes=max_json_bytes, max_batch_calls=max_jsonrpc_batch
+    )
+    add_openai_routes(app, runners, policy, max_json_bytes)
     # A client that disconnects cancels its handler, so a model generating for it stops at
     # once, as on gRPC, not at its next write.
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        await web.TCPSite(
+            runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context
+        ).start()
     except OSError as exc:
         await runner.cleanup()
         raise ConfigurationError(f"cannot listen on {host}:{port} for HTTP: {exc}") from None

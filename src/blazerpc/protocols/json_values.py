@@ -17,11 +17,13 @@ from typing import Any
 from ..codec import decode_tensor, fill_tensor
 from ..exceptions import ValidationError
 from ..types import Field, ListOf, MapOf, Scalar, Tensor, TypeSpec
+from .json_io import NON_FINITE
 from .wire import WireTensor
 
 Decode = Callable[[Any, str], Any]
 Encode = Callable[[Any], Any]
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
@@ -54,9 +56,16 @@ def _scalar_decoder(py: type) -> Decode:
     if py is float:
 
         def number(value: Any, path: str) -> float:
+            if isinstance(value, str) and value in NON_FINITE:
+                return NON_FINITE[value]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise _wrong(path, "a number", value)
-            return float(value)
+                raise _wrong(path, 'a number (or "NaN", "Infinity", "-Infinity")', value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ValidationError(
+                    f"field '{path}': {value} is out of range for a 64-bit float", field=path
+                ) from None
 
         return number
 
@@ -64,6 +73,10 @@ def _scalar_decoder(py: type) -> Decode:
         # bool is an int in Python, never in JSON
         if not isinstance(value, py) or (py is int and isinstance(value, bool)):
             raise _wrong(path, _JSON_NAMES[py], value)
+        if py is int and not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValidationError(
+                f"field '{path}': {value} is out of range for a 64-bit integer", field=path
+            )
         return value
 
     return exact

@@ -10,7 +10,6 @@ has on the native path, from the same table.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
@@ -20,10 +19,11 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from ..exceptions import status_of
+from ..exceptions import ValidationError, status_of
 from ..runtime.runner import ModelRunner
 from ..server.policy import CallPolicy
-from .calls import Caller, ModelCalls
+from . import json_io
+from .calls import Caller, ModelCalls, observed
 from .json_values import Encode, encoder, fields_decoder
 
 logger = logging.getLogger("blazerpc.jsonrpc")
@@ -88,8 +88,33 @@ class _Model:
 class JsonRpc:
     """The two routes over the server's runners."""
 
-    def __init__(self, runners: dict[str, ModelRunner], policy: CallPolicy) -> None:
+    def __init__(
+        self,
+        runners: dict[str, ModelRunner],
+        policy: CallPolicy,
+        *,
+        max_json_bytes: int,
+        max_batch_calls: int,
+    ) -> None:
         self._models = {name: _Model(runner, policy) for name, runner in runners.items()}
+        self._policy = policy
+        self._max_json_bytes = max_json_bytes
+        self._max_batch_calls = max_batch_calls
+
+    async def _body(self, request: web.Request) -> Any:
+        json_io.check_size(request, self._max_json_bytes)
+        return json_io.loads(await json_io.read_body(request))
+
+    async def _admitted(
+        self, lookup: Callable[[str], _Model], name: str, method: str, request: web.Request
+    ) -> _Model:
+        """`lookup(name)`; its error (which lists the models) only once middleware (auth) has
+        admitted the call, so that without a token nobody learns which models exist."""
+        try:
+            return lookup(name)
+        except CallError as exc:
+            async with observed(self._policy, _caller(method, request), gated=False):
+                raise exc from None
 
     def _model(self, name: str) -> _Model:
         model = self._models.get(name)
@@ -125,7 +150,9 @@ class JsonRpc:
             error = _error(INVALID_REQUEST, 'a call needs "jsonrpc": "2.0" and a string "method"')
             return _error_reply(error, call.get("id"))
         try:
-            model = self._unary_model(call["method"])
+            model = await self._admitted(
+                self._unary_model, call["method"], f"/jsonrpc/{call['method']}", request
+            )
             result = await model.calls.unary(
                 partial(model.kwargs, call.get("params", {})),
                 model.encode,
@@ -142,12 +169,19 @@ class JsonRpc:
 
     async def post(self, request: web.Request) -> web.Response:
         try:
-            body = json.loads(await request.read())
-        except ValueError as exc:
-            return _json(_error_reply(_error(PARSE_ERROR, f"Parse error: {exc}")))
+            body = await self._body(request)
+        except ValidationError as exc:
+            return _unparsed(exc)
         if isinstance(body, list):
             if not body:
                 return _json(_error_reply(_error(INVALID_REQUEST, "empty batch")))
+            if len(body) > self._max_batch_calls:
+                error = _error(
+                    INVALID_REQUEST,
+                    f"a batch of {len(body)} calls is over the limit of "
+                    f"{self._max_batch_calls}; send fewer calls per request",
+                )
+                return _json(_error_reply(error))
             # Concurrently, so the calls of one batch can share a model batch.
             calls = [self._call(request, call) for call in body]
             replies = [r for r in await asyncio.gather(*calls) if r is not None]
@@ -157,13 +191,26 @@ class JsonRpc:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = json.loads(await request.read())
-        except ValueError as exc:
-            return _json(_error_reply(_error(PARSE_ERROR, f"Parse error: {exc}")), status=400)
+            body = await self._body(request)
+        except ValidationError as exc:
+            return _unparsed(exc, status=400)
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         try:
-            model = self._model(request.match_info["model"])
+            await self._stream_events(request, response, body)
+            await response.write(_event("done", {}))
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client left; the model's generator is closed already
+        return response
+
+    async def _stream_events(
+        self, request: web.Request, response: web.StreamResponse, body: Any
+    ) -> None:
+        """Write each chunk as an event, or an error event; the caller ends the stream."""
+        try:
+            name = request.match_info["model"]
+            model = await self._admitted(self._model, name, f"/jsonrpc/stream/{name}", request)
             if not model.streaming:
                 raise CallError(
                     INVALID_REQUEST,
@@ -179,12 +226,9 @@ class JsonRpc:
                 async for chunk in chunks:
                     await response.write(_event(None, model.encode(chunk)))
         except ConnectionResetError:
-            return response  # the client left; aclosing has stopped the model
+            raise
         except Exception as exc:
             await response.write(_event("error", _failure(exc)))
-        await response.write(_event("done", {}))
-        await response.write_eof()
-        return response
 
 
 def _caller(method: str, request: web.Request) -> Caller:
@@ -192,18 +236,31 @@ def _caller(method: str, request: web.Request) -> Caller:
     return Caller(method, headers, request.remote or "")
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(body), status=status, content_type="application/json")
+_json = json_io.response
+
+
+def _unparsed(exc: ValidationError, status: int = 200) -> web.Response:
+    """The reply to a body that could not be read as JSON (413 when it was too large)."""
+    if isinstance(exc, json_io.BodyTooLarge):
+        return _json(_error_reply(_error(INVALID_REQUEST, str(exc))), status=413)
+    return _json(_error_reply(_error(PARSE_ERROR, f"Parse error: {exc}")), status=status)
 
 
 def _event(name: str | None, data: Any) -> bytes:
-    head = f"event: {name}\n" if name else ""
-    return f"{head}data: {json.dumps(data)}\n\n".encode()
+    head = f"event: {name}\n".encode() if name else b""
+    return head + b"data: " + json_io.dumps(data) + b"\n\n"
 
 
 def add_jsonrpc_routes(
-    app: web.Application, runners: dict[str, ModelRunner], policy: CallPolicy
+    app: web.Application,
+    runners: dict[str, ModelRunner],
+    policy: CallPolicy,
+    *,
+    max_json_bytes: int,
+    max_batch_calls: int,
 ) -> None:
-    handler = JsonRpc(runners, policy)
+    handler = JsonRpc(
+        runners, policy, max_json_bytes=max_json_bytes, max_batch_calls=max_batch_calls
+    )
     app.router.add_post("/jsonrpc", handler.post)
     app.router.add_post("/jsonrpc/stream/{model}", handler.stream)

@@ -18,9 +18,10 @@ from google.protobuf.message import DecodeError
 
 from ..exceptions import SerializationError, ValidationError, status_of
 from ..runtime.runner import ModelRunner
+from ..server.decoding import DecodingInHandler
 from ..server.middleware import lower_keys
 from ..server.policy import CallPolicy
-from .calls import Caller
+from .calls import Caller, observed
 from .kserve import messages as pb
 from .kserve.model import KServeModel, find, kserve_models, server_metadata
 from .kserve.tensors import CONTENTS_FIELDS
@@ -97,9 +98,9 @@ def _empty_response(model: KServeModel, request: Any) -> Any:
     return pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
 
 
-def _caller(model: KServeModel, rpc: str, context: grpc.aio.ServicerContext) -> Caller:
+def _caller(model_name: str, rpc: str, context: grpc.aio.ServicerContext) -> Caller:
     return Caller(
-        f"/{SERVICE_NAME}/{rpc}/{model.name}",
+        f"/{SERVICE_NAME}/{rpc}/{model_name}",
         lower_keys(context.invocation_metadata()),
         context.peer(),
     )
@@ -110,6 +111,7 @@ class KServeServicer:
 
     def __init__(self, runners: dict[str, ModelRunner], policy: CallPolicy) -> None:
         self._models = kserve_models(runners, policy)
+        self._policy = policy
         self._gate = policy.gate
         self._server_metadata = pb.ServerMetadataResponse(**server_metadata())
 
@@ -128,24 +130,44 @@ class KServeServicer:
     async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerReadyResponse(ready=self._ready())
 
+    async def _find(
+        self, name: str, version: str, rpc: str, context: grpc.aio.ServicerContext
+    ) -> KServeModel:
+        """The model a call names; an unknown one is NOT_FOUND only once middleware (auth)
+        has admitted the call, so that without a token nobody learns which models exist."""
+        try:
+            return find(self._models, name, version)
+        except Exception as exc:
+            async with observed(self._policy, _caller(name, rpc, context), gated=False):
+                raise exc from None
+
     async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model = self._models.get(request.name)
-        ready = (
-            model is not None
-            and model.unsupported is None
-            and request.version in ("", model.version)
-            and self._ready()
-        )
-        return pb.ModelReadyResponse(ready=ready)
+        try:
+            async with observed(
+                self._policy, _caller(request.name, "ModelReady", context), gated=False
+            ):
+                model = self._models.get(request.name)
+                ready = (
+                    model is not None
+                    and model.unsupported is None
+                    and request.version in ("", model.version)
+                    and self._ready()
+                )
+                return pb.ModelReadyResponse(ready=ready)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise  # unreachable: abort raises
 
     async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return self._server_metadata
 
     async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return pb.ModelMetadataResponse(
-                **find(self._models, request.name, request.version).metadata()
-            )
+            model = await self._find(request.name, request.version, "ModelMetadata", context)
+            async with observed(
+                self._policy, _caller(model.name, "ModelMetadata", context), gated=False
+            ):
+                return pb.ModelMetadataResponse(**model.metadata())
         except Exception as exc:
             await self._abort(context, exc)
             raise  # unreachable: abort raises
@@ -158,14 +180,16 @@ class KServeServicer:
                 raise SerializationError(
                     f"request could not be decoded as inference.ModelInferRequest: {exc}"
                 ) from None
-            model = find(self._models, request.model_name, request.model_version)
+            model = await self._find(
+                request.model_name, request.model_version, "ModelInfer", context
+            )
             model.check_unary(_STREAM_HINT)
             return await model.calls.unary(
-                partial(_kwargs, model, request),
+                model.decoder(partial(_kwargs, model, request), len(data)),
                 lambda result: _response(
                     model, request, result, _wants_raw(request)
                 ).SerializeToString(),
-                partial(_caller, model, "ModelInfer", context),
+                partial(_caller, model.name, "ModelInfer", context),
                 context.time_remaining(),
             )
         except Exception as exc:
@@ -179,10 +203,12 @@ class KServeServicer:
         model one response. A failed request answers `error_message`; the stream goes on."""
         async for request in requests:
             try:
-                model = find(self._models, request.model_name, request.model_version)
-                decode = partial(_kwargs, model, request)
+                model = await self._find(
+                    request.model_name, request.model_version, "ModelStreamInfer", context
+                )
+                decode = model.decoder(partial(_kwargs, model, request), request.ByteSize())
                 respond = partial(_response, model, request, raw=_wants_raw(request))
-                caller = partial(_caller, model, "ModelStreamInfer", context)
+                caller = partial(_caller, model.name, "ModelStreamInfer", context)
                 marked = _bool_param(request, _FINAL_OPT_IN)
                 if model.streaming:
                     async with aclosing(model.calls.stream(decode, caller)) as chunks:
@@ -203,7 +229,9 @@ class KServeServicer:
 
 
 def add_kserve_service(
-    server: grpc.aio.Server, runners: dict[str, ModelRunner], policy: CallPolicy
+    server: grpc.aio.Server | DecodingInHandler,
+    runners: dict[str, ModelRunner],
+    policy: CallPolicy,
 ) -> None:
     """Serve GRPCInferenceService on `server`, under the same call policy as the native one."""
     servicer = KServeServicer(runners, policy)

@@ -8,7 +8,6 @@ answer `{"error": details}` with the HTTP status of the same failure's gRPC stat
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
 from typing import Any
@@ -19,7 +18,8 @@ from grpc import StatusCode
 from ..exceptions import ValidationError, status_of
 from ..runtime.runner import ModelRunner
 from ..server.policy import CallPolicy
-from .calls import Caller
+from . import json_io
+from .calls import Caller, observed
 from .kserve.model import KServeModel, find, kserve_models, server_metadata
 
 logger = logging.getLogger("blazerpc.kserve")
@@ -47,36 +47,64 @@ HTTP_STATUS = {
 }
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(body), status=status, content_type="application/json")
+_json = json_io.response
 
 
 def _failure(exc: BaseException) -> web.Response:
     code, details = status_of(exc)
     if code is StatusCode.INTERNAL:
         logger.error("KServe REST call failed", exc_info=exc)
-    return _json({"error": details}, HTTP_STATUS.get(code, 500))
+    status = 413 if isinstance(exc, json_io.BodyTooLarge) else HTTP_STATUS.get(code, 500)
+    return _json({"error": details}, status)
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
-    """The JSON inference header and the binary tensor data after it."""
-    size = len(body)
-    if header_length is not None:
-        try:
-            size = int(header_length)
-        except ValueError:
-            raise ValidationError(
-                f"{HEADER_LENGTH} must be an integer, got '{header_length}'"
-            ) from None
-        if not 0 <= size <= len(body):
-            raise ValidationError(
-                f"{HEADER_LENGTH} is {size}, but the body holds {len(body)} bytes"
-            )
-    view = memoryview(body)
+def _header_length(request: web.Request, max_json_bytes: int) -> int | None:
+    """The size of the JSON header before binary tensor data, checked against the JSON limit
+    before the body is read (without binary data, the whole body is JSON)."""
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        json_io.check_size(request, max_json_bytes, "the inference request")
+        return None
     try:
-        return json.loads(view[:size].tobytes()), view[size:]
-    except ValueError as exc:
-        raise ValidationError(f"the inference request is not valid JSON: {exc}") from None
+        size = int(value)
+    except ValueError:
+        raise ValidationError(f"{HEADER_LENGTH} must be an integer, got '{value}'") from None
+    if size > max_json_bytes:
+        raise json_io.BodyTooLarge(
+            f"the JSON header of {size} bytes is over the limit of {max_json_bytes} bytes"
+        )
+    return size
+
+
+def _split_body(body: bytes, header_length: int | None) -> tuple[Any, memoryview]:
+    """The JSON inference header and the binary tensor data after it."""
+    size = len(body) if header_length is None else header_length
+    if not 0 <= size <= len(body):
+        raise ValidationError(f"{HEADER_LENGTH} is {size}, but the body holds {len(body)} bytes")
+    view = memoryview(body)
+    doc = json_io.loads(view[:size], "the inference request")
+    _check_document(doc)
+    return doc, view[size:]
+
+
+def _check_document(doc: Any) -> None:
+    """The request's structure, before any of it is used: objects where objects belong."""
+    if not isinstance(doc, dict):
+        raise ValidationError("the inference request must be a JSON object")
+    _check_parameters(doc, "the inference request")
+    for key in ("inputs", "outputs"):
+        tensors = doc.get(key, [])
+        if not isinstance(tensors, list) or not all(isinstance(t, dict) for t in tensors):
+            raise ValidationError(f'"{key}" must be an array of tensor objects')
+        for i, tensor in enumerate(tensors):
+            _check_parameters(tensor, f"{key}[{i}]")
+    if "inputs" not in doc:
+        raise ValidationError('the inference request needs "inputs": an array of tensor objects')
+
+
+def _check_parameters(obj: dict[str, Any], where: str) -> None:
+    if not isinstance(obj.get("parameters", {}), dict):
+        raise ValidationError(f'"parameters" of {where} must be an object')
 
 
 def _shape(tensor: dict[str, Any], name: str) -> list[int]:
@@ -89,20 +117,23 @@ def _shape(tensor: dict[str, Any], name: str) -> list[int]:
 
 
 def _kwargs(model: KServeModel, doc: dict[str, Any], binary: memoryview) -> dict[str, Any]:
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
-        raise ValidationError('the inference request needs "inputs": an array of tensor objects')
+    """Keyword arguments from a request `_check_document` has checked."""
     received: dict[str, Any] = {}
     offset = 0
-    for tensor in inputs:
+    for tensor in doc["inputs"]:
         spec = model.input(str(tensor.get("name")), received)
         datatype, shape = str(tensor.get("datatype")), _shape(tensor, spec.name)
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = tensor.get("parameters", {}).get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or offset + size > len(binary):
+            if (
+                not isinstance(size, int)
+                or isinstance(size, bool)
+                or size < 0
+                or offset + size > len(binary)
+            ):
                 raise ValidationError(
-                    f"input '{spec.name}': binary_data_size {size!r} runs past the "
-                    f"{len(binary)} bytes of binary data",
+                    f"input '{spec.name}': binary_data_size {size!r} is not a byte count "
+                    f"within the {len(binary) - offset} bytes of binary data left",
                     field=spec.name,
                 )
             received[spec.name] = spec.from_raw(datatype, shape, binary[offset : offset + size])
@@ -115,25 +146,23 @@ def _kwargs(model: KServeModel, doc: dict[str, Any], binary: memoryview) -> dict
             )
     if offset != len(binary):
         raise ValidationError(f"{len(binary) - offset} bytes of binary data belong to no input")
-    outputs = doc.get("outputs", [])
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-        raise ValidationError('"outputs" must be an array of objects')
-    model.check_outputs([str(o.get("name")) for o in outputs])
+    model.check_outputs([str(o.get("name")) for o in doc.get("outputs", [])])
     return model.complete(received)
 
 
 def _binary_output(doc: dict[str, Any]) -> bool:
     """Whether the client asked for the result as binary data (Triton's extension)."""
-    default = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    default = bool(doc.get("parameters", {}).get("binary_data_output", False))
     outputs = doc.get("outputs")
     if outputs:  # checked by _kwargs: the model's one output
-        return bool((outputs[0].get("parameters") or {}).get("binary_data", default))
+        return bool(outputs[0].get("parameters", {}).get("binary_data", default))
     return default
 
 
-def _caller(model: KServeModel, request: web.Request) -> Caller:
+def _caller(request: web.Request) -> Caller:
+    """The caller as middleware sees it; the method is the request's path."""
     headers = {k.lower(): v for k, v in request.headers.items()}
-    return Caller(f"/v2/models/{model.name}/infer", headers, request.remote or "")
+    return Caller(request.path, headers, request.remote or "")
 
 
 def _response(
@@ -159,7 +188,7 @@ def _response(
         tensor["data"] = elements
         return _json(head)
     tensor["parameters"] = {"binary_data_size": len(data)}
-    header = json.dumps(head).encode()
+    header = json_io.dumps(head)
     return web.Response(
         body=header + data,
         content_type="application/octet-stream",
@@ -170,16 +199,26 @@ def _response(
 class KServeRest:
     """The REST routes over the server's runners."""
 
-    def __init__(self, runners: dict[str, ModelRunner], policy: CallPolicy) -> None:
+    def __init__(
+        self, runners: dict[str, ModelRunner], policy: CallPolicy, max_json_bytes: int
+    ) -> None:
         self._models = kserve_models(runners, policy)
+        self._policy = policy
         self._gate = policy.gate
+        self._max_json_bytes = max_json_bytes
 
     def _ready(self) -> bool:
         return self._gate.reason is None
 
-    def _find(self, request: web.Request) -> KServeModel:
+    async def _find(self, request: web.Request) -> KServeModel:
+        """The model the path names; an unknown one is 404 only once middleware (auth) has
+        admitted the call, so that without a token nobody learns which models exist."""
         info = request.match_info
-        return find(self._models, info["name"], info.get("version", ""))
+        try:
+            return find(self._models, info["name"], info.get("version", ""))
+        except Exception as exc:
+            async with observed(self._policy, _caller(request), gated=False):
+                raise exc from None
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return _json(server_metadata())
@@ -192,28 +231,31 @@ class KServeRest:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         try:
-            return _json(self._find(request).metadata())
+            model = await self._find(request)
+            async with observed(self._policy, _caller(request), gated=False):
+                return _json(model.metadata())
         except Exception as exc:
             return _failure(exc)
 
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
-            self._find(request)
+            await self._find(request)
+            async with observed(self._policy, _caller(request), gated=False):
+                pass
         except Exception as exc:
             return _failure(exc)
         return web.Response(status=200 if self._ready() else 400)
 
     async def infer(self, request: web.Request) -> web.Response:
         try:
-            model = self._find(request)
+            model = await self._find(request)
             model.check_unary(_STREAM_HINT)
-            doc, binary = _split_body(await request.read(), request.headers.get(HEADER_LENGTH))
-            if not isinstance(doc, dict):
-                raise ValidationError("the inference request must be a JSON object")
+            header_length = _header_length(request, self._max_json_bytes)
+            doc, binary = _split_body(await json_io.read_body(request), header_length)
             return await model.calls.unary(
-                partial(_kwargs, model, doc, binary),
+                model.decoder(partial(_kwargs, model, doc, binary), len(binary)),
                 partial(_response, model, doc, binary=_binary_output(doc)),
-                partial(_caller, model, request),
+                partial(_caller, request),
                 None,
             )
         except Exception as exc:
@@ -221,9 +263,9 @@ class KServeRest:
 
 
 def add_kserve_routes(
-    app: web.Application, runners: dict[str, ModelRunner], policy: CallPolicy
+    app: web.Application, runners: dict[str, ModelRunner], policy: CallPolicy, max_json_bytes: int
 ) -> None:
-    rest = KServeRest(runners, policy)
+    rest = KServeRest(runners, policy, max_json_bytes)
     app.router.add_get("/v2", rest.server_metadata)
     app.router.add_get("/v2/health/live", rest.live)
     app.router.add_get("/v2/health/ready", rest.ready)

@@ -10,7 +10,6 @@ protocol; failures come back in OpenAI's error shape with the HTTP status of the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -26,6 +25,7 @@ from ..exceptions import ModelNotFoundError, ValidationError, status_of
 from ..runtime.runner import ModelRunner
 from ..server.middleware import RequestEvent
 from ..server.policy import CallPolicy
+from . import json_io
 from .calls import Caller, ModelCalls
 from .kserve_rest import HTTP_STATUS
 from .openai_models import OpenAIModel
@@ -114,7 +114,7 @@ def _error(exc: BaseException) -> tuple[int, dict[str, Any]]:
     code, details = status_of(exc)
     if code is StatusCode.INTERNAL:
         logger.error("OpenAI-compatible call failed", exc_info=exc)
-    status = HTTP_STATUS.get(code, 500)
+    status = 413 if isinstance(exc, json_io.BodyTooLarge) else HTTP_STATUS.get(code, 500)
     kind = _ERROR_TYPES.get(status) or (
         "server_error" if status >= 500 else "invalid_request_error"
     )
@@ -128,12 +128,11 @@ def _failure(exc: BaseException) -> web.Response:
     return _json(body, status)
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(body), status=status, content_type="application/json")
+_json = json_io.response
 
 
 def _event(data: Any) -> bytes:
-    return f"data: {json.dumps(data)}\n\n".encode()
+    return b"data: " + json_io.dumps(data) + b"\n\n"
 
 
 def _caller(method: str, request: web.Request) -> Caller:
@@ -144,7 +143,10 @@ def _caller(method: str, request: web.Request) -> Caller:
 class OpenAIRoutes:
     """The endpoints over the server's runners of models registered with `openai=True`."""
 
-    def __init__(self, runners: dict[str, ModelRunner], policy: CallPolicy) -> None:
+    def __init__(
+        self, runners: dict[str, ModelRunner], policy: CallPolicy, max_json_bytes: int
+    ) -> None:
+        self._max_json_bytes = max_json_bytes
         self._served = {
             name: _Served(runner, policy)
             for name, runner in runners.items()
@@ -197,10 +199,8 @@ class OpenAIRoutes:
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         path = "/v1/chat/completions" if chat else "/v1/completions"
         try:
-            try:
-                body = json.loads(await request.read())
-            except ValueError as exc:
-                raise ValidationError(f"the body is not JSON: {exc}") from None
+            json_io.check_size(request, self._max_json_bytes)
+            body = json_io.loads(await json_io.read_body(request))
             if not isinstance(body, dict):
                 raise ValidationError("the body must be a JSON object")
             if body.get("model") not in self._served:
@@ -256,9 +256,9 @@ def _role(call: _Request) -> dict[str, Any]:
 
 
 def add_openai_routes(
-    app: web.Application, runners: dict[str, ModelRunner], policy: CallPolicy
+    app: web.Application, runners: dict[str, ModelRunner], policy: CallPolicy, max_json_bytes: int
 ) -> None:
-    routes = OpenAIRoutes(runners, policy)
+    routes = OpenAIRoutes(runners, policy, max_json_bytes)
     app.router.add_get("/v1/models", routes.list_models)
     app.router.add_get("/v1/models/{model}", routes.get_model)
     app.router.add_post("/v1/completions", routes.completions)

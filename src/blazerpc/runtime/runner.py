@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from grpc import StatusCode
+
+from ..exceptions import RPCError
 from .batcher import Batcher, BatchObserver, BatchSettings
-from .executor import Executor
+from .executor import Executor, Invoke
 from .registry import ModelEntry
 
 Predict = Callable[[dict[str, Any], "float | None"], Awaitable[Any]]
@@ -19,7 +22,12 @@ Stream = Callable[[dict[str, Any]], AsyncIterator[Any]]
 
 class ModelRunner:
     """Runs one model. `predict(kwargs, timeout)` answers a unary call, through the batcher when
-    the model batches; `stream(kwargs)` iterates a streaming model's chunks."""
+    the model batches; `stream(kwargs)` iterates a streaming model's chunks.
+
+    A model that does not batch admits at most `max_in_flight` calls at once (running, or
+    waiting for a thread): past that, RESOURCE_EXHAUSTED at once rather than a wait that
+    ends in DEADLINE_EXCEEDED. A batching model's queue is bounded by its batcher.
+    """
 
     predict: Predict
     stream: Stream
@@ -30,17 +38,52 @@ class ModelRunner:
         executor: Executor,
         batching: BatchSettings | None,
         observer: BatchObserver | None = None,
+        max_in_flight: int = BatchSettings.max_queue_size,
     ) -> None:
         self.entry = entry
         self.batcher: Batcher | None = None
+        self.in_flight = 0
+        self._max_in_flight = max_in_flight
         if entry.streaming:
-            self.stream = executor.streamer(entry.func)
+            self.stream = self._bounded_stream(executor.streamer(entry.func))
         elif batching is not None:
             self.batcher = Batcher(entry, executor.invoker(entry.func), batching, observer)
             self.predict = self.batcher.submit
         else:
-            invoke = executor.invoker(entry.func)
-            self.predict = lambda kwargs, timeout=None: invoke(kwargs)
+            self.predict = self._bounded_predict(executor.invoker(entry.func))
+
+    def _admit(self) -> None:
+        if self.in_flight >= self._max_in_flight:
+            raise RPCError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"model '{self.entry.name}' is overloaded: {self.in_flight} calls in flight "
+                f"(max_queue_size={self._max_in_flight}); retry with backoff",
+            )
+        self.in_flight += 1
+
+    def _bounded_predict(self, invoke: Invoke) -> Predict:
+        async def predict(kwargs: dict[str, Any], timeout: float | None = None) -> Any:
+            self._admit()
+            try:
+                return await invoke(kwargs)
+            finally:
+                self.in_flight -= 1
+
+        return predict
+
+    def _bounded_stream(self, stream: Stream) -> Stream:
+        def bounded(kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+            self._admit()
+            try:
+                return _Counted(stream(kwargs), self._release)
+            except BaseException:
+                self._release()
+                raise
+
+        return bounded
+
+    def _release(self) -> None:
+        self.in_flight -= 1
 
     def start(self) -> None:
         if self.batcher is not None:
@@ -49,3 +92,43 @@ class ModelRunner:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+
+
+class _Counted:
+    """A model's chunk iterator that calls `release` once when it ends, fails or is closed.
+    It hands `athrow` on unchanged, so the model sees the exception thrown at its yield (a
+    generator wrapped in another generator would see GeneratorExit instead)."""
+
+    __slots__ = ("_chunks", "_release")
+
+    def __init__(self, chunks: AsyncIterator[Any], release: Callable[[], None]) -> None:
+        self._chunks: Any = chunks
+        self._release: Callable[[], None] | None = release
+
+    def _done(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            self._done()
+            raise
+
+    async def athrow(self, exc: BaseException) -> Any:
+        try:
+            return await self._chunks.athrow(exc)
+        except BaseException:
+            self._done()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
+        finally:
+            self._done()

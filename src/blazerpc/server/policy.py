@@ -45,12 +45,16 @@ class CallPolicy:
     app_state: Any = None
 
     @asynccontextmanager
-    async def observed(self, event: RequestEvent) -> AsyncIterator[None]:
+    async def observed(self, event: RequestEvent, *, gated: bool = True) -> AsyncIterator[None]:
         """The gate and middleware around one call: `on_request` in order (any may reject it),
-        then the call, then `on_response` in reverse order with the status it ended with."""
+        then the call, then `on_response` in reverse order with the status it ended with.
+        Calls that only ask about the server (metadata, readiness) pass `gated=False`: they
+        are answered while starting and draining too, but still only to whom middleware
+        admits."""
         start, status = time.perf_counter(), StatusCode.OK
         try:
-            self.gate.admit()
+            if gated:
+                self.gate.admit()
             for m in self.middleware:
                 await m.on_request(event)
             yield

@@ -5,15 +5,16 @@ from __future__ import annotations
 import grpc
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from ..protocols.kserve.messages import FILE as KSERVE_FILE
 from ..protocols.kserve.messages import SERVICE_NAME as KSERVE_SERVICE
 from ..schema import SERVICE_FULL_NAME, Schema
+from .decoding import DecodingInHandler
 from .health import SERVICE_NAME as HEALTH_SERVICE
 
 
-def enable_reflection(server: grpc.aio.Server, schema: Schema) -> None:
+def enable_reflection(server: grpc.aio.Server | DecodingInHandler, schema: Schema) -> None:
     """Serve reflection for the InferenceService, KServe v2, health and reflection itself."""
     files = [KSERVE_FILE]
     for module in (health_pb2, reflection_pb2):
@@ -26,4 +27,5 @@ def enable_reflection(server: grpc.aio.Server, schema: Schema) -> None:
         except KeyError:
             schema.pool.Add(fdp)
     services = (SERVICE_FULL_NAME, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(services, server, pool=schema.pool)
+    servicer = reflection.aio.ReflectionServicer(services, pool=schema.pool)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import SERVICE_FULL_NAME, Schema
+from .decoding import DecodingInHandler
 from .handlers import model_handlers
 from .health import NOT_SERVING, SERVING, Health
 from .policy import CallPolicy
@@ -32,6 +34,15 @@ class ServerTLS:
     cert_file: str
     key_file: str
     client_ca_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same certificate and client check for the HTTP port, so no port is weaker."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file:
+            context.load_verify_locations(self.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     def credentials(self) -> grpc.ServerCredentials:
         ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
@@ -47,6 +58,10 @@ class Limits:
     """Transport limits; the defaults suit inference behind a load balancer."""
 
     max_message_bytes: int = 64 * 1024 * 1024
+    # JSON is parsed on the event loop: its own, smaller limit keeps one body from holding
+    # every other call up (tensors this large travel as binary data instead).
+    max_json_bytes: int = 8 * 1024 * 1024
+    max_jsonrpc_batch: int = 1000
     max_concurrent_streams: int = 256
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
@@ -142,18 +157,25 @@ async def start_server(
     policy: CallPolicy,
     batching: dict[str, BatchSettings],
     max_threads: int,
+    max_in_flight: dict[str, int] | None = None,
     limits: Limits | None = None,
     tls: ServerTLS | None = None,
     reuse_port: bool = False,
     on_stop: Hook | None = None,
     batch_observer: Callable[[str], BatchObserver] | None = None,
     http_port: int | None = None,
+    reflection: bool = True,
 ) -> Server:
     """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
     executor = Executor(max_threads)
+    max_in_flight = max_in_flight or {}
     runners = {
         m.name: ModelRunner(
-            m, executor, batching.get(m.name), batch_observer(m.name) if batch_observer else None
+            m,
+            executor,
+            batching.get(m.name),
+            batch_observer(m.name) if batch_observer else None,
+            max_in_flight.get(m.name, BatchSettings.max_queue_size),
         )
         for m in models
     }
@@ -163,9 +185,11 @@ async def start_server(
         SERVICE_FULL_NAME, model_handlers(list(runners.values()), schema, policy)
     )
     health = Health()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    add_kserve_service(server, runners, policy)
-    enable_reflection(server, schema)
+    decoding = DecodingInHandler(server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, decoding)
+    add_kserve_service(decoding, runners, policy)
+    if reflection:
+        enable_reflection(decoding, schema)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         if tls is None:
@@ -184,7 +208,10 @@ async def start_server(
             host=host,
             port=http_port,
             max_body_bytes=limits.max_message_bytes,
+            max_json_bytes=limits.max_json_bytes,
+            max_jsonrpc_batch=limits.max_jsonrpc_batch,
             reuse_port=reuse_port,
+            ssl_context=tls.ssl_context() if tls is not None else None,
         )
     for runner in runners.values():
         runner.start()

@@ -40,6 +40,7 @@ class ServeConfig:
     metrics_port: int | None = None
     max_message_mb: float | None = None
     reuse_port: bool = False
+    reflection: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,12 +49,16 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
     from ..cli import load_app, run  # the CLI owns importing the user's app
     from .middleware import MetricsMiddleware
 
+    if multiprocessing.parent_process() is not None:
+        _drain_when_orphaned()
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = load_app(config.app_path, config.app_dir)
     if config.max_message_mb is not None:
         app.limits = replace(app.limits, max_message_bytes=int(config.max_message_mb * 2**20))
     if config.metrics_port is not None:
         app.metrics_port = config.metrics_port
+    app.reflection = app.reflection and config.reflection
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker: the supervisor serves /metrics
         app.metrics_port = None
         if not any(isinstance(m, MetricsMiddleware) for m in app.middleware):
@@ -72,6 +77,28 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
 
     run(main())
     _leave_stuck_threads()
+
+
+def _drain_when_orphaned() -> None:
+    """A worker whose supervisor is gone (SIGKILL, OOM killer) drains and exits instead of
+    serving on as an orphan that a restarted server would then share the port with."""
+    parent = os.getppid()
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def watch() -> None:  # elsewhere: poll, as no parent-death signal exists
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="blazerpc-orphan-watch", daemon=True).start()
 
 
 def _leave_stuck_threads(wait_s: float = 1.0) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from ...codec import decode_tensor, fill_tensor
 from ...exceptions import ValidationError
 from ...types import Field, ListOf, MapOf, Scalar, Struct, Tensor
+from ..json_io import NON_FINITE
 from ..wire import WireTensor
 
 DATATYPES: dict[str, np.dtype] = {
@@ -72,10 +73,16 @@ def _describe(spec: Any) -> str:
     return "a list of tensors or dataclasses"
 
 
-def split_bytes(data: bytes | memoryview, name: str) -> list[bytes]:
-    """BYTES elements from their raw form: each a 4-byte little-endian length, then the bytes."""
+def split_bytes(data: bytes | memoryview, name: str, count: int | None = None) -> list[bytes]:
+    """BYTES elements from their raw form: each a 4-byte little-endian length, then the bytes;
+    with `count`, exactly that many, checked as they are read rather than after."""
     view, items, pos = memoryview(data), [], 0
     while pos < len(view):
+        if count is not None and len(items) == count:
+            raise ValidationError(
+                f"input '{name}': BYTES data holds more than the {count} elements of its shape",
+                field=name,
+            )
         if pos + 4 > len(view):
             raise ValidationError(
                 f"input '{name}': BYTES data ends inside an element's 4-byte length", field=name
@@ -160,7 +167,8 @@ class InputSpec(_TensorForm):
         """The argument from a raw tensor (raw_input_contents, or the binary extension)."""
         self._check_datatype(datatype)
         if self._dtype is None:
-            return self._from_items(shape, split_bytes(data, self.name))
+            count = self._element_count(shape)
+            return self._from_items(shape, split_bytes(data, self.name, count))
         wire = WireTensor(shape, self._wire_dtype, data)  # type: ignore[arg-type]
         return self._from_array(decode_tensor(wire, self._tensor, self.name), shape)
 
@@ -189,6 +197,9 @@ class InputSpec(_TensorForm):
     def _array(self, values: Any, datatype: str) -> np.ndarray:
         try:
             inferred = np.asarray(values)
+            if inferred.dtype.kind == "U" and self._dtype.kind == "f":  # type: ignore[union-attr]
+                values = _non_finite(values)
+                inferred = np.asarray(values)
             if inferred.size and inferred.dtype.kind not in _ACCEPTED_KINDS[self._dtype.kind]:  # type: ignore[union-attr]
                 raise ValueError(f"{inferred.dtype.name} elements")
             return np.asarray(values, dtype=self._dtype)
@@ -214,6 +225,18 @@ class InputSpec(_TensorForm):
         self._check_count(shape, arr.size)
         return arr.item() if self._kind == "scalar" else arr.tolist()
 
+    def _element_count(self, shape: Sequence[int]) -> int:
+        """How many BYTES elements `shape` holds, refused before any is read if this input
+        cannot take that many (a str or bytes parameter takes one)."""
+        if any(d < 0 for d in shape):
+            raise ValidationError(
+                f"input '{self.name}': expected non-negative dimensions, got shape {list(shape)}",
+                field=self.name,
+            )
+        count = math.prod(shape)
+        self._check_count(shape, count)
+        return count
+
     def _from_items(self, shape: Sequence[int], items: list[bytes]) -> Any:
         if any(d < 0 for d in shape) or math.prod(shape) != len(items):
             raise ValidationError(
@@ -230,6 +253,17 @@ class InputSpec(_TensorForm):
                     f"input '{self.name}': a str must be UTF-8: {exc}", field=self.name
                 ) from None
         return items[0] if self._kind == "scalar" else items
+
+
+def _non_finite(values: Any) -> Any:
+    """Floats sent as the strings "NaN", "Infinity", "-Infinity", as they are written."""
+    if isinstance(values, list):
+        return [_non_finite(v) for v in values]
+    if isinstance(values, str):
+        if values not in NON_FINITE:
+            raise ValueError(f"the string element {values!r}")
+        return NON_FINITE[values]
+    return values
 
 
 def _flat(values: Any) -> list[Any]:
