@@ -289,7 +289,8 @@ def test_kserve_rest_binary_bodies(server: Server) -> None:
         st.sampled_from(MODELS),
         rest_documents(),
         st.binary(max_size=64),
-        st.integers(-5, 2**40) | st.text(string.printable, max_size=4),
+        # No control characters: the test's own HTTP client refuses them in a header value.
+        st.integers(-5, 2**40) | st.text(string.digits + string.ascii_letters + "-+. ", max_size=4),
     )
     def case(model: str, document: Any, tail: bytes, header_length: Any) -> None:
         head = _json_bytes(document)
