@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import openai
@@ -418,3 +419,21 @@ async def test_a_batched_model_batches_its_openai_calls() -> None:
             await client.close()
     assert [a.choices[0].text for a in answers] == [f"P{i}" for i in range(6)]
     assert max(sizes) > 1  # concurrent requests shared a model call
+
+
+async def test_a_body_over_the_json_limit_is_413_before_it_is_read() -> None:
+    generation = Generation()
+    app = llm_app(generation)
+    app.limits = replace(app.limits, max_json_bytes=4096)
+    async with serving(app) as server:
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
+        )
+        try:
+            with pytest.raises(openai.APIStatusError) as info:
+                await client.completions.create(model="shout", prompt="x" * 10_000)
+            assert info.value.status_code == 413
+            assert "over the limit of 4096 bytes" in info.value.body["message"]
+            assert (await client.completions.create(model="shout", prompt="ok")).choices
+        finally:
+            await client.close()
