@@ -23,8 +23,10 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc.aio as triton
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
+from tritonclient.grpc import InferenceServerException, InferInput
 
 from blazerpc import (
     BlazeApp,
@@ -891,6 +893,19 @@ async def test_sync_client_sends_iterables(registry: bool) -> None:
                 return total, words
 
         assert await asyncio.to_thread(calls) == (45, ["X", "Y", "<end of input>"])
+
+
+async def test_kserve_refuses_stream_input_models() -> None:
+    async with (
+        running(stream_app(Seen())) as server,
+        triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
+    ):
+        numbers = InferInput("numbers", [1], "INT64")
+        numbers.set_data_from_numpy(np.array([1], np.int64))
+        with pytest.raises(InferenceServerException) as info:
+            await client.infer("total", [numbers])
+        assert "StatusCode.UNIMPLEMENTED" in str(info.value.status())
+        assert "takes a stream of requests" in info.value.message()
 
 
 async def test_other_protocols_refuse_stream_input_models() -> None:
