@@ -864,6 +864,8 @@ async def test_blaze_client_raises_a_bad_item_by_index_and_cancels_the_call() ->
             await client.predict("total", numbers=5)
         with pytest.raises(ValidationError, match=r"takes a stream"):
             await client.predict("total", numbers=[1], extra=2)
+        with pytest.raises(ValidationError, match=r"a list of one for a single item"):
+            await client.stream("upper", words="hello").__anext__()
 
 
 async def test_blaze_client_raises_what_the_iterable_raised() -> None:

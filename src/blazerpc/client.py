@@ -58,10 +58,14 @@ class _Method:
         """The iterable a model that takes a stream was given as its one keyword argument."""
         (name,) = (f.name for f in self.request.fields)
         items = inputs.get(name)
-        if inputs.keys() != {name} or not isinstance(items, (Iterable, AsyncIterable)):
+        if (
+            inputs.keys() != {name}
+            or not isinstance(items, (Iterable, AsyncIterable))
+            or isinstance(items, (str, bytes, bytearray, Mapping))  # one item, not a stream
+        ):
             raise ValidationError(
                 f"model '{model}' takes a stream: pass an iterable or async iterable of its "
-                f"items as {name}=..., and nothing else",
+                f"items as {name}=... (a list of one for a single item), and nothing else",
                 field=name,
             )
         return items
