@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 # The fuzz suite's long pass (make test runs a short one).
 fuzz: $(STAMP)
-	$(BIN)/python -m pytest tests/test_fuzz.py -q -p no:cacheprovider --hypothesis-profile=fuzz
+	$(BIN)/python -m pytest tests/test_fuzz.py -q -p no:cacheprovider --hypothesis-profile=fuzz --timeout=3600
 
 # Benchmarks need h2load (Debian: nghttp2-client); installed here when missing.
 bench: $(STAMP)

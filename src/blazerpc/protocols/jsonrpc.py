@@ -195,8 +195,8 @@ class JsonRpc:
         except ValidationError as exc:
             return _unparsed(exc, status=400)
         response = web.StreamResponse(headers=_SSE_HEADERS)
-        await response.prepare(request)
         try:
+            await response.prepare(request)
             await self._stream_events(request, response, body)
             await response.write(_event("done", {}))
             await response.write_eof()

@@ -251,9 +251,10 @@ class KServeRest:
             model = await self._find(request)
             model.check_unary(_STREAM_HINT)
             header_length = _header_length(request, self._max_json_bytes)
-            doc, binary = _split_body(await json_io.read_body(request), header_length)
+            body = await json_io.read_body(request)
+            doc, binary = _split_body(body, header_length)
             return await model.calls.unary(
-                model.decoder(partial(_kwargs, model, doc, binary), len(binary)),
+                model.decoder(partial(_kwargs, model, doc, binary), len(body)),
                 partial(_response, model, doc, binary=_binary_output(doc)),
                 partial(_caller, request),
                 None,

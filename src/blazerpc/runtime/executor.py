@@ -11,7 +11,6 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -31,8 +30,16 @@ class Executor:
             return lambda kwargs: func(**kwargs)
         pool = self._pool
 
+        def call(kwargs: dict[str, Any]) -> Any:
+            try:
+                return func(**kwargs)
+            finally:
+                # The arguments die here, in the thread: freeing millions of objects (a list
+                # of strings) would otherwise hold the event loop up when the call returns.
+                kwargs.clear()
+
         def in_thread(kwargs: dict[str, Any]) -> Awaitable[Any]:
-            return asyncio.get_running_loop().run_in_executor(pool, partial(func, **kwargs))
+            return asyncio.get_running_loop().run_in_executor(pool, call, kwargs)
 
         return in_thread
 
