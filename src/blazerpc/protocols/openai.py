@@ -229,22 +229,25 @@ class OpenAIRoutes:
         self, request: web.Request, call: _Request, first: str | None, rest: AsyncIterator[str]
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers=_SSE_HEADERS)
-        await response.prepare(request)
         try:
-            if call.chat:
-                await response.write(_event(_role(call)))
-            if first is not None:
-                await response.write(_event(call.chunk(first)))
-            async for text in rest:
-                await response.write(_event(call.chunk(text)))
-            await response.write(_event(call.chunk(None, "stop")))
-            await response.write(b"data: [DONE]\n\n")
+            await response.prepare(request)
+            try:
+                if call.chat:
+                    await response.write(_event(_role(call)))
+                if first is not None:
+                    await response.write(_event(call.chunk(first)))
+                async for text in rest:
+                    await response.write(_event(call.chunk(text)))
+                await response.write(_event(call.chunk(None, "stop")))
+                await response.write(b"data: [DONE]\n\n")
+            except ConnectionResetError:
+                raise
+            except Exception as exc:
+                # Headers are gone: the error travels as an event, which OpenAI clients raise.
+                await response.write(_event(_error(exc)[1]))
+            await response.write_eof()
         except ConnectionResetError:
-            return response  # the client left; aclosing stops the model
-        except Exception as exc:
-            # Headers are gone: the error travels as an event, which OpenAI clients raise.
-            await response.write(_event(_error(exc)[1]))
-        await response.write_eof()
+            pass  # the client left (before the headers, or between events); the model is closed
         return response
 
 
