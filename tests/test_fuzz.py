@@ -336,9 +336,47 @@ def test_json_rpc_event_streams(server: Server) -> None:
     server.assert_still_serving()
 
 
+# --- OpenAI-compatible ---------------------------------------------------------------------
+
+_OPENAI_MODELS = st.sampled_from(["echo", "tokens", "rows", "nope"])
+_MESSAGES = st.lists(
+    st.fixed_dictionaries(
+        {"role": _either(st.sampled_from(["user", "system"])), "content": _either(st.text())}
+    ),
+    max_size=3,
+)
+
+
+def openai_bodies() -> st.SearchStrategy[Any]:
+    common = {"model": _either(_OPENAI_MODELS), "stream": _either(st.booleans())}
+    optional = {"times": json_values, "n": json_values, "max_tokens": json_values}
+    completion = st.fixed_dictionaries(
+        {**common, "prompt": _either(st.text(max_size=20))}, optional=optional
+    )
+    chat = st.fixed_dictionaries({**common, "messages": _either(_MESSAGES)}, optional=optional)
+    return st.one_of(completion, chat, json_values)
+
+
+def test_openai_requests(server: Server) -> None:
+    @given(st.sampled_from(["/v1/completions", "/v1/chat/completions"]), openai_bodies())
+    def case(path: str, body: Any) -> None:
+        status, reply = server.post(path, _json_bytes(body), {"Content-Type": "application/json"})
+        assert status < 500, reply
+        for block in reply.decode().split("\n\n"):
+            if block.startswith("data: {") and '"error"' in block:
+                assert json.loads(block[6:])["error"]["type"] != "server_error", block
+            elif block.startswith("{") and status >= 400:
+                assert json.loads(block)["error"]["type"] != "server_error", block
+
+    case()
+    server.assert_still_serving()
+
+
 def test_raw_bytes_on_the_http_port(server: Server) -> None:
     @given(
-        st.sampled_from(["/jsonrpc", "/jsonrpc/stream/tokens", "/v2/models/echo/infer"]),
+        st.sampled_from(
+            ["/jsonrpc", "/jsonrpc/stream/tokens", "/v2/models/echo/infer", "/v1/completions"]
+        ),
         st.binary(max_size=128),
     )
     def case(path: str, body: bytes) -> None:

@@ -203,9 +203,10 @@ class OpenAIRoutes:
             body = json_io.loads(await json_io.read_body(request))
             if not isinstance(body, dict):
                 raise ValidationError("the body must be a JSON object")
-            if body.get("model") not in self._served:
+            name = body.get("model")
+            if not isinstance(name, str) or name not in self._served:
                 await self._admitted(request, path)  # who may not call learns nothing more
-            served = self._find(body.get("model"))
+            served = self._find(name)
             call = _Request(body, served, chat)
         except Exception as exc:
             return _failure(exc)
