@@ -61,6 +61,18 @@ class Server:
             return exc.code()
         return grpc.StatusCode.OK
 
+    def streamed(self, method: str, messages: list[bytes], many_replies: bool) -> grpc.StatusCode:
+        """A call whose requests are a stream (client-streaming, or bidirectional)."""
+        try:
+            if many_replies:
+                for _ in self.channel.stream_stream(method)(iter(messages), timeout=10):
+                    pass
+            else:
+                self.channel.stream_unary(method)(iter(messages), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
         connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
         try:
@@ -242,9 +254,26 @@ def _no_server_error_in(replies: Any) -> None:
 def test_native_grpc_random_bytes(server: Server) -> None:
     @given(st.sampled_from(MODELS), st.binary(max_size=256))
     def case(model: str, data: bytes) -> None:
+        entry = app.registry.get(model)
         method = f"/blazerpc.InferenceService/Predict{RPCS[model]}"
-        call = server.server_stream if model == "tokens" else server.unary
-        assert call(method, data) in CLIENT_ERRORS
+        if entry.client_streaming:
+            code = server.streamed(method, [data], many_replies=entry.streaming)
+        else:
+            code = (server.server_stream if entry.streaming else server.unary)(method, data)
+        assert code in CLIENT_ERRORS
+
+    case()
+    server.assert_still_serving()
+
+
+def test_native_grpc_request_streams(server: Server) -> None:
+    @given(
+        st.sampled_from(["total", "live"]),
+        st.lists(st.binary(max_size=64) | st.just(b"\x08\x01"), max_size=8),
+    )
+    def case(model: str, messages: list[bytes]) -> None:
+        method = f"/blazerpc.InferenceService/Predict{RPCS[model]}"
+        assert server.streamed(method, messages, many_replies=model == "live") in CLIENT_ERRORS
 
     case()
     server.assert_still_serving()

@@ -48,3 +48,14 @@ def anything(values: list[float]) -> list[float]:
 async def tokens(prompt: str) -> AsyncIterator[str]:
     for word in prompt.split()[:5]:
         yield word
+
+
+@app.model("total")
+async def total(numbers: AsyncIterator[int]) -> int:
+    return sum([n async for n in numbers])
+
+
+@app.model("live", streaming=True)
+async def live(points: AsyncIterator[Point]) -> AsyncIterator[float]:
+    async for point in points:
+        yield point.x + point.y
