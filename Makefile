@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batching.py
 	$(BIN)/python benchmarks/bench_kserve.py
 	$(BIN)/python benchmarks/bench_workers.py
+	$(BIN)/python benchmarks/bench_replicas.py
+	$(BIN)/python benchmarks/bench_admission.py
 	$(BIN)/python benchmarks/bench_stream_input.py
 
 clean:

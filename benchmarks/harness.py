@@ -301,6 +301,7 @@ def h2load(
     requests: int | None = None,
     service: str = "blazerpc.InferenceService",
     http1_json: bool = False,
+    headers: Sequence[str] = (),
 ) -> LoadResult:
     """Run h2load against ``/<service>/<method>``; exactly one of duration/requests.
     With ``http1_json`` it POSTs JSON over HTTP/1.1 (``--h1``, one request at a time per
@@ -332,6 +333,8 @@ def h2load(
         ),
         f"--log-file={log_path}",
     ]
+    for header in headers:
+        cmd += ["-H", header]
     if duration is not None:
         cmd += ["-D", f"{duration:g}"]
     else:

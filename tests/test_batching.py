@@ -6,6 +6,7 @@ the test, never by timing.
 """
 
 import asyncio
+import itertools
 import re
 import statistics
 import subprocess
@@ -206,7 +207,10 @@ async def test_multi_row_requests_are_split_by_rows(probe: Probe, served) -> Non
         assert got.shape == (n, 3)
         np.testing.assert_array_equal(got, transform(rows_of(i, n)))
     assert probe.shapes[1] == (sum(sizes), 3), "the queued requests were not one model call"
-    assert probe.calls[1] == [float(i) for i, n in enumerate(sizes, start=1) for _ in range(n)]
+    # Each request's rows stay together. Concurrent calls may be admitted in any order: each
+    # waits for its response headers to be sent before it reaches the batcher.
+    runs = [(k, len(list(g))) for k, g in itertools.groupby(probe.calls[1])]
+    assert sorted(runs) == [(float(i), n) for i, n in enumerate(sizes, start=1)]
 
 
 async def test_requests_with_different_trailing_dims_never_share_a_batch(served) -> None:
@@ -405,7 +409,8 @@ async def test_lone_request_is_not_held(probe: Probe, served) -> None:
     server, client = await served(tensor_app(probe, batch_timeout_ms=1000))
     start = time.perf_counter()
     got = await client.predict("tag", x=rows_of(1, 2))
-    assert time.perf_counter() - start < 0.1
+    # Far below the 1 s it would be held; the first call also connects and checks health.
+    assert time.perf_counter() - start < 0.5
     np.testing.assert_array_equal(got, transform(rows_of(1, 2)))
     assert server.stats()["tag"].queue_seconds < 0.01  # ran in its caller's task, unqueued
 

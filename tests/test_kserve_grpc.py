@@ -537,8 +537,9 @@ async def test_a_large_bytes_request_does_not_hold_up_health_checks() -> None:
     assert reply.code == grpc.StatusCode.OK, reply
     raw = messages.ModelInferResponse.FromString(reply.data).raw_output_contents[0]
     assert np.frombuffer(raw, "<i8").tolist() == [n]
-    # On the loop, one health check would wait out nearly the whole request.
-    assert len(gaps) > 5 and max(gaps) < took / 4, (took, sorted(gaps)[-3:])
+    # Decoded on the loop, one gap spans nearly the whole request; off it, the longest gap is
+    # a GIL hand-over or two (most of a second only on a machine loaded many times over).
+    assert len(gaps) > 5 and max(gaps) < took / 2, (took, sorted(gaps)[-3:])
 
 
 async def test_requested_output_and_unrequested_binary_output_with_tritonclient() -> None:

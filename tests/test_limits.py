@@ -91,7 +91,8 @@ async def test_concurrent_streams_per_connection_are_capped() -> None:
         codes = await asyncio.gather(*calls)
         assert set(codes) <= {StatusCode.OK, StatusCode.UNAVAILABLE}
         assert codes.count(StatusCode.OK) >= 2
-        assert app.state.peak == 2
+        # The client's health check (balancing.py) keeps a Watch stream open on the connection.
+        assert app.state.peak == 2 - 1
         assert await client.predict("echo", text="after") == "after"
 
 

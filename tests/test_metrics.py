@@ -126,3 +126,61 @@ async def test_an_app_with_a_metrics_port_can_start_again_after_stopping() -> No
     metrics = await asyncio.to_thread(scrape, metrics_port)
     ok = {"method": method("MeteredRestart"), "status": "OK"}
     assert sample(metrics, "blazerpc_requests_total", **ok) == 2
+
+
+async def test_in_flight_counts_calls_queued_running_and_streaming_per_model() -> None:
+    """The autoscaling signal: calls a model has admitted and not answered, per model, back to
+    0 once they end, however they end (answered, failed, or a stream the client left)."""
+    metrics_port = free_port()
+    app = BlazeApp(metrics_port=metrics_port)
+    release, generator_closed = asyncio.Event(), asyncio.Event()
+
+    @app.model("inflight-held")
+    async def held(fail: bool = False) -> str:
+        await release.wait()
+        if fail:
+            raise ValueError("boom")
+        return "ok"
+
+    @app.model("inflight-batch", batched=True, max_batch_size=2)
+    async def batch(seconds: list[float]) -> list[int]:
+        await release.wait()
+        return [len(seconds)] * len(seconds)
+
+    @app.model("inflight-stream", streaming=True)
+    async def stream(n: int) -> AsyncIterator[int]:
+        try:
+            for i in range(n):
+                yield i
+                await asyncio.sleep(10)
+        finally:
+            generator_closed.set()
+
+    def in_flight(metrics: dict, model: str) -> float:
+        return sample(metrics, "blazerpc_in_flight", model=f"inflight-{model}")
+
+    server = await app.start(port=0)
+    try:
+        async with BlazeClient("127.0.0.1", server.port) as client:
+            unary = [client.predict("inflight-held", fail=i == 0) for i in range(3)]
+            batched = [client.predict("inflight-batch", seconds=0.0) for _ in range(5)]
+            calls = [asyncio.ensure_future(c) for c in unary + batched]
+            chunks = client.stream("inflight-stream", n=5)
+            assert await chunks.__anext__() == 0
+            await asyncio.sleep(0.3)
+            during = await asyncio.to_thread(scrape, metrics_port)
+            chunks.cancel()
+            await asyncio.wait_for(generator_closed.wait(), 5)
+            release.set()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert isinstance(results[0], BlazeRPCError) and results[1:3] == ["ok", "ok"]
+        after = await asyncio.to_thread(scrape, metrics_port)
+    finally:
+        await server.stop(1)
+
+    assert in_flight(during, "held") == 3
+    assert in_flight(during, "batch") == 5  # the first runs at once, alone; 4 wait for it
+    assert sample(during, "blazerpc_queue_depth", model="inflight-batch") == 4
+    assert in_flight(during, "stream") == 1
+    for model in ("held", "batch", "stream"):
+        assert in_flight(after, model) == 0, model

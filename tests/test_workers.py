@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import time
@@ -84,6 +85,19 @@ def test_workers_share_the_port_run_hooks_and_report_metrics_together(tmp_path: 
         metrics = scrape(metrics_port)
         assert sample(metrics, "blazerpc_batch_size_count", model="batch-size") == 3
         assert sample(metrics, "blazerpc_queue_wait_seconds_count", model="batch-size") == 3
+
+        def slow() -> str:  # each on its own connection, so on either worker
+            with SyncBlazeClient("127.0.0.1", port, registry=production_app.registry) as c:
+                return c.predict("slow", seconds=1.5)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            held = [pool.submit(slow) for _ in range(4)]
+            wait_until(
+                lambda: sample(scrape(metrics_port), "blazerpc_in_flight", model="slow") == 4,
+                what="4 calls in flight, summed over the workers",
+            )
+            assert [f.result() for f in held] == ["done"] * 4
+        assert sample(scrape(metrics_port), "blazerpc_in_flight", model="slow") == 0
 
         proc.send_signal(signal.SIGTERM)
         assert exits_within(proc, 10) == 0

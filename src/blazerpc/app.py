@@ -18,7 +18,7 @@ from .protocols.openai_models import ChatTemplate, OpenAIModel, check_openai_mod
 from .runtime.batcher import BatchSettings
 from .runtime.registry import ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
-from .server.metrics import BatchMetrics, serve_metrics
+from .server.metrics import BatchMetrics, count_in_flight, serve_metrics
 from .server.middleware import MetricsMiddleware, Middleware
 from .server.policy import CallPolicy
 from .server.server import Limits, Server, ServerTLS, start_server
@@ -211,6 +211,7 @@ class BlazeApp:
             reuse_port=reuse_port,
             on_stop=lambda: self._run_hooks(self._shutdown),
             batch_observer=BatchMetrics if with_metrics else None,
+            instrument=count_in_flight if with_metrics else None,
             http_port=http_port,
             reflection=self.reflection,
         )

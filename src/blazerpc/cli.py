@@ -1,4 +1,5 @@
-"""The `blaze` command: `blaze serve MODULE:ATTR` and `blaze proto MODULE:ATTR`."""
+"""The `blaze` command: `blaze serve MODULE:ATTR`, `blaze proto MODULE:ATTR`, and `blaze deploy`
+(in deploy/cli.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .app import BlazeApp
+from .deploy.cli import deploy
 from .exceptions import ConfigurationError
 from .schema import FILE_NAME
 from .server.server import ServerTLS
@@ -24,6 +26,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+cli.add_typer(deploy, name="deploy")
 
 AppPath = Annotated[str, typer.Argument(help="The app to load, as MODULE:ATTR, e.g. main:app")]
 AppDir = Annotated[
@@ -34,6 +37,11 @@ AppDir = Annotated[
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"Error: {message}", err=True, fg="red")
     return typer.Exit(2)
+
+
+def _set(**flags: float | None) -> dict[str, float]:
+    """The flags that were given; the others keep the app's own settings."""
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
@@ -127,6 +135,20 @@ def serve(
     max_message_mb: Annotated[
         float | None, typer.Option(help="Largest message accepted or sent [default: 64]")
     ] = None,
+    max_connection_age: Annotated[
+        float | None,
+        typer.Option(help="Close connections after this many seconds, so clients rebalance"),
+    ] = None,
+    max_connection_age_grace: Annotated[
+        float | None,
+        typer.Option(help="Seconds calls on an aged connection may take to finish"),
+    ] = None,
+    keepalive_time: Annotated[
+        float | None, typer.Option(help="Seconds between pings on an idle connection [default: 60]")
+    ] = None,
+    keepalive_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a ping may go unanswered [default: 20]")
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key")] = None,
     tls_client_ca: Annotated[
@@ -139,6 +161,8 @@ def serve(
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
     if reload and workers > 1:
         raise _fail("--reload and --workers cannot be combined")
+    if max_connection_age_grace is not None and max_connection_age is None:
+        raise _fail("--max-connection-age-grace needs --max-connection-age")
     if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
         raise _fail("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
     tls = None
@@ -155,6 +179,12 @@ def serve(
         max_message_mb,
         reflection=reflection,
         options={} if http_port is None else {"http_port": http_port},
+        limits=_set(
+            max_connection_age_s=max_connection_age,
+            max_connection_age_grace_s=max_connection_age_grace,
+            keepalive_time_s=keepalive_time,
+            keepalive_timeout_s=keepalive_timeout,
+        ),
     )
     app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
     reflection = reflection and app.reflection

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from .balancing import ADMISSION_HEADERS, SERVICE_CONFIG, channel_target
 from .codec import Codec
 from .exceptions import (
     BlazeRPCError,
@@ -33,11 +34,19 @@ Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
 _REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
-def _channel_options(max_message_mb: float) -> list[tuple[str, int]]:
+def _channel_options(max_message_mb: float) -> list[tuple[str, int | str]]:
     limit = int(max_message_mb * 1024 * 1024)
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
+        # Balancing and retries: see balancing.py. A retry needs the request kept until the
+        # call is admitted; by default only requests up to 256 KB are, so tensors were not.
+        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.per_rpc_retry_buffer_size", limit),
+        # A replica restarted on the same address (a fixed list, a single host) is found
+        # again within seconds, not after gRPC's default backoff of up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 5000),
         # Each client its own connection: grpcio otherwise shares one per process and address,
         # and servers with several workers (or replicas behind an L4 balancer) spread connections.
         ("grpc.use_local_subchannel_pool", 1),
@@ -182,19 +191,19 @@ class _Options:
     """Per-call settings kept apart from model inputs, so no parameter name can collide."""
 
     timeout: float | None
-    metadata: list[tuple[str, str]] | None
+    metadata: list[tuple[str, str]]
 
     def _setup(
         self,
-        host: str,
-        port: int,
+        host: str | Sequence[str],
+        port: int | None,
         registry: ModelRegistry | None,
         timeout: float | None,
         metadata: Metadata | None,
         tls: bool | ClientTLS,
         max_message_mb: float,
     ) -> None:
-        self.target = f"{host}:{port}"
+        self.target = channel_target(host, port)
         self._channel_options = _channel_options(max_message_mb)
         self._set_options(timeout, metadata)
         self._credentials = None
@@ -207,11 +216,9 @@ class _Options:
 
     def _set_options(self, timeout: float | None, metadata: Metadata | None) -> None:
         self.timeout = timeout
-        if metadata is None:
-            self.metadata = None
-        else:
-            items = metadata.items() if isinstance(metadata, Mapping) else metadata
-            self.metadata = [(k.lower(), v) for k, v in items]
+        items = metadata.items() if isinstance(metadata, Mapping) else metadata or ()
+        # Every call asks for headers on admission, which makes its retries safe (balancing.py).
+        self.metadata = [*((k.lower(), v) for k, v in items), ADMISSION_HEADERS]
 
     def with_options(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
@@ -239,12 +246,17 @@ class _Options:
 
 
 class BlazeClient(_Options):
-    """Async client: `async with BlazeClient(host, port) as c: await c.predict("echo", ...)`."""
+    """Async client: `async with BlazeClient(host, port) as c: await c.predict("echo", ...)`.
+
+    `host` may also be a list of `HOST:PORT` addresses or a target such as
+    `dns:///model.ns.svc.cluster.local:50051`: calls are then balanced across every address
+    (gRPC round_robin), and calls a replica refused before running them are retried.
+    """
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
-        port: int = 50051,
+        host: str | Sequence[str] = "127.0.0.1",
+        port: int | None = None,
         registry: ModelRegistry | None = None,
         *,
         timeout: float | None = None,
@@ -439,8 +451,8 @@ class SyncBlazeClient(_Options):
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
-        port: int = 50051,
+        host: str | Sequence[str] = "127.0.0.1",
+        port: int | None = None,
         registry: ModelRegistry | None = None,
         *,
         timeout: float | None = None,

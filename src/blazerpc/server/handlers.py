@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from ..balancing import ADMISSION_HEADERS
 from ..codec import Codec
 from ..exceptions import SerializationError, status_of
 from ..injection import Context, injector
@@ -29,6 +30,7 @@ from .streams import stream_input_core
 logger = logging.getLogger("blazerpc.server")
 
 ServicerContext = grpc.aio.ServicerContext
+ADMISSION_KEY, ADMISSION_VALUE = ADMISSION_HEADERS
 Core = Callable[[bytes, ServicerContext], Awaitable[Any]]
 
 
@@ -136,8 +138,19 @@ async def _abort(context: ServicerContext, entry: ModelEntry, exc: BaseException
     await context.abort(code, details)
 
 
+def _asks_admission_headers(metadata: Any) -> bool:
+    return any(key == ADMISSION_KEY and value == ADMISSION_VALUE for key, value in metadata or ())
+
+
 def _serve(core: Core, entry: ModelEntry, policy: CallPolicy) -> Core:
-    """The core with the gate, error mapping and (only if any) middleware around it."""
+    """The core with the gate, error mapping and (only if any) middleware around it.
+
+    For a client that asks (balancing.ADMISSION_HEADERS), response headers go out once the call
+    is admitted, before the model runs: its gRPC retry policy never retries a call whose
+    headers arrived, so a refusal (UNAVAILABLE from the gate while starting or draining) may be
+    retried and a call the model may have begun never is, even when its replica dies before
+    answering. Only such clients pay for the extra write.
+    """
     gate = policy.gate
 
     if not policy.middleware:
@@ -145,6 +158,8 @@ def _serve(core: Core, entry: ModelEntry, policy: CallPolicy) -> Core:
         async def handle(request: bytes, context: ServicerContext) -> Any:
             try:
                 gate.admit()
+                if _asks_admission_headers(context.invocation_metadata()):
+                    await context.send_initial_metadata(())
                 return await core(request, context)
             except Exception as exc:
                 await _abort(context, entry, exc)
@@ -157,6 +172,8 @@ def _serve(core: Core, entry: ModelEntry, policy: CallPolicy) -> Core:
         event = RequestEvent(method, lower_keys(context.invocation_metadata()), context.peer())
         try:
             async with observed(event):
+                if event.metadata.get(ADMISSION_KEY) == ADMISSION_VALUE:
+                    await context.send_initial_metadata(())
                 return await core(request, context)
         except Exception as exc:
             await _abort(context, entry, exc)

@@ -26,6 +26,7 @@ class Health(health.aio.HealthServicer):
         self._services = ("", SERVICE_FULL_NAME)
         self._changed = asyncio.Condition()
         self._draining = False
+        self.watchers = 0  # open Watch streams: clients balancing on this server's health
         for service in self._services:
             self._server_status[service] = NOT_SERVING
 
@@ -38,12 +39,16 @@ class Health(health.aio.HealthServicer):
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context) -> None:
         last = None
-        async with self._changed:
-            while True:
-                status = self._server_status.get(request.service, SERVICE_UNKNOWN)
-                if status != last:
-                    await context.write(health_pb2.HealthCheckResponse(status=status))
-                    last = status
-                if self._draining:
-                    return
-                await self._changed.wait()
+        self.watchers += 1
+        try:
+            async with self._changed:
+                while True:
+                    status = self._server_status.get(request.service, SERVICE_UNKNOWN)
+                    if status != last:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                        last = status
+                    if self._draining:
+                        return
+                    await self._changed.wait()
+        finally:
+            self.watchers -= 1

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     REGISTRY,
@@ -21,6 +23,9 @@ from prometheus_client import (
     start_http_server,
 )
 
+if TYPE_CHECKING:
+    from ..runtime.runner import ModelRunner
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -31,6 +36,7 @@ class PrometheusMetrics:
     duration: Histogram
     batch_size: Histogram
     queue_depth: Gauge
+    in_flight: Gauge
     queue_wait: Histogram
     batch_duration: Histogram
 
@@ -54,6 +60,12 @@ def prometheus_metrics() -> PrometheusMetrics:
         queue_depth=Gauge(
             "blazerpc_queue_depth",
             "Requests waiting for a batch",
+            ["model"],
+            multiprocess_mode="livesum",
+        ),
+        in_flight=Gauge(
+            "blazerpc_in_flight",
+            "Model calls admitted and not yet answered: queued, running or streaming",
             ["model"],
             multiprocess_mode="livesum",
         ),
@@ -90,6 +102,68 @@ class BatchMetrics:
         self._seconds.observe(seconds)
         for wait in waits:
             self._wait.observe(wait)
+
+
+def count_in_flight(runner: ModelRunner) -> None:
+    """Count `runner`'s calls in `blazerpc_in_flight`, the load signal an autoscaler reads:
+    unlike CPU it rises with waiting calls too. Done once at start-up by wrapping the runner's
+    entry point, so servers without metrics pay nothing."""
+    gauge = prometheus_metrics().in_flight.labels(runner.entry.name)
+    if runner.entry.streaming:
+        stream = runner.stream
+        runner.stream = lambda kwargs: _CountedStream(stream(kwargs), gauge)
+        return
+    predict = runner.predict
+
+    async def counted(kwargs: dict[str, Any], timeout: float | None = None) -> Any:
+        gauge.inc()
+        try:
+            return await predict(kwargs, timeout)
+        finally:
+            gauge.dec()
+
+    runner.predict = counted
+
+
+class _CountedStream:
+    """A model's chunks, counted in flight from the first request until the stream ends. It
+    passes `athrow` and `aclose` through, so cancellation still reaches the model's generator."""
+
+    def __init__(self, chunks: AsyncIterator[Any], gauge: Any) -> None:
+        self._chunks: Any = chunks
+        self._gauge = gauge
+        self._counted = False
+
+    def __aiter__(self) -> _CountedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._counted:
+            self._counted = True
+            self._gauge.inc()
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            self._done()
+            raise
+
+    async def athrow(self, *exc: Any) -> Any:
+        try:
+            return await self._chunks.athrow(*exc)
+        except BaseException:
+            self._done()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._gauge.dec()
 
 
 _serving: set[tuple[str, int]] = set()

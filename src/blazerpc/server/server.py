@@ -66,9 +66,20 @@ class Limits:
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     min_client_ping_interval_s: float = 10.0
+    # Off by default. Behind a connection balancer (a Kubernetes Service) a connection that
+    # ends makes its client reconnect, and the new connection may reach a new replica.
+    max_connection_age_s: float | None = None
+    max_connection_age_grace_s: float | None = None
 
     def grpc_options(self, reuse_port: bool) -> list[tuple[str, Any]]:
+        age: list[tuple[str, Any]] = []
+        if self.max_connection_age_s is not None:
+            age.append(("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)))
+        if self.max_connection_age_grace_s is not None:
+            grace_ms = int(self.max_connection_age_grace_s * 1000)
+            age.append(("grpc.max_connection_age_grace_ms", grace_ms))
         return [
+            *age,
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
@@ -86,6 +97,8 @@ class Limits:
 
 
 Hook = Callable[[], Awaitable[None]]
+
+HEALTH_NOTICE_S = 0.5  # how long clients watching health get to see a drain before GOAWAY
 
 
 class Server:
@@ -134,7 +147,13 @@ class Server:
             return
         self._stopped = True
         self._policy.gate.close("the server is shutting down")
+        watched = self.health.watchers > 0
         await self.health.set_all(NOT_SERVING, draining=True)
+        if watched:
+            # Clients balancing on health stop sending here once they read NOT_SERVING; until
+            # then their calls get the gate's UNAVAILABLE, which they retry elsewhere. Once
+            # grpcio's shutdown begins, a call arriving would end CANCELLED, never retried.
+            await asyncio.sleep(HEALTH_NOTICE_S if grace is None else min(HEALTH_NOTICE_S, grace))
         try:
             stopping = [self._grpc.stop(grace)]
             if self._http is not None:
@@ -163,6 +182,7 @@ async def start_server(
     reuse_port: bool = False,
     on_stop: Hook | None = None,
     batch_observer: Callable[[str], BatchObserver] | None = None,
+    instrument: Callable[[ModelRunner], None] | None = None,
     http_port: int | None = None,
     reflection: bool = True,
 ) -> Server:
@@ -179,6 +199,9 @@ async def start_server(
         )
         for m in models
     }
+    if instrument is not None:  # before the handlers take the runners' entry points
+        for runner in runners.values():
+            instrument(runner)
     limits = limits or Limits()
     server = grpc.aio.server(options=limits.grpc_options(reuse_port))
     server.add_registered_method_handlers(

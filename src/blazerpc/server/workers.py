@@ -42,6 +42,7 @@ class ServeConfig:
     reuse_port: bool = False
     reflection: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)  # Limits fields set by flags
 
 
 def serve_process(config: ServeConfig, ready: Any = None) -> None:
@@ -56,6 +57,7 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
     app = load_app(config.app_path, config.app_dir)
     if config.max_message_mb is not None:
         app.limits = replace(app.limits, max_message_bytes=int(config.max_message_mb * 2**20))
+    app.limits = replace(app.limits, **config.limits)
     if config.metrics_port is not None:
         app.metrics_port = config.metrics_port
     app.reflection = app.reflection and config.reflection
