@@ -855,9 +855,17 @@ async def test_blaze_client_sends_async_and_plain_iterables(registry: bool) -> N
 async def test_blaze_client_raises_a_bad_item_by_index_and_cancels_the_call() -> None:
     seen = Seen()
     app = stream_app(seen)
+
+    async def numbers() -> AsyncIterator[Any]:
+        yield 1
+        yield 2
+        while len(seen.items) < 2:  # the model is running and has read both
+            await asyncio.sleep(0.005)
+        yield "three"
+
     async with client_for(app) as client:
         with pytest.raises(ValidationError, match=r"item 2: field 'numbers': expected int64"):
-            await client.predict("total", numbers=[1, 2, "three"])
+            await client.predict("total", numbers=numbers())
         assert await asyncio.to_thread(seen.finally_ran.wait, 5)
         assert seen.interrupt == "CancelledError"  # the server saw a cancel, not a short stream
         with pytest.raises(ValidationError, match=r"takes a stream: pass an iterable"):
