@@ -24,6 +24,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 
 # The fuzz suite's long pass (make test runs a short one).
 fuzz: $(STAMP)

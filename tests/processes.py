@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,13 +22,6 @@ BLAZE = str(Path(sys.executable).with_name("blaze"))
 APP = "tests.apps.production_app:app"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for servers whose port must be known up front)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def health(port: int, *, timeout: float = 0.5, credentials: grpc.ChannelCredentials | None = None):
@@ -134,5 +127,11 @@ def sample(metrics: dict, name: str, **labels: str) -> float:
     return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def method(rpc: str) -> str:
-    return f"/blazerpc.InferenceService/Predict{rpc}"
+async def run_tool(*argv: str, timeout: float = 20.0) -> tuple[int, str, str]:
+    """Run a command without blocking the loop the server under test runs on."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

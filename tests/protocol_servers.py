@@ -11,12 +11,11 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from blazerpc import BlazeApp, Server
+from blazerpc import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "protocols.md"
@@ -27,16 +26,6 @@ _EXAMPLE = re.compile(
     r"(?:```(?P<output_lang>\w+)\n(?P<output>.*?)```\n)?",
     re.DOTALL,
 )
-
-
-@asynccontextmanager
-async def serving(app: BlazeApp) -> AsyncIterator[Server]:
-    """`app` on free gRPC and HTTP ports of 127.0.0.1 for the duration of the block."""
-    server = await app.start(host="127.0.0.1", port=0, http_port=0)
-    try:
-        yield server
-    finally:
-        await server.stop(grace=1.0)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import tempfile
 from contextlib import suppress
 from pathlib import Path
 
-from .processes import APP, BLAZE, ROOT, free_port, wait_serving
+from .processes import APP, BLAZE, ROOT, wait_serving
+from .support import free_port
 
 
 class Replicas:

@@ -16,7 +16,7 @@ from blazerpc.balancing import ADMISSION_HEADERS, channel_target
 from blazerpc.cli import cli
 from blazerpc.server.server import Limits
 
-from .conftest import running
+from .support import running
 
 
 def test_targets() -> None:

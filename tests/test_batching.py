@@ -34,8 +34,7 @@ from blazerpc import (
 )
 from blazerpc.codec import Codec
 
-from .conftest import running
-from .wire import path
+from .support import client_for, path, running
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 INTERNAL = grpc.StatusCode.INTERNAL
@@ -694,3 +693,50 @@ async def test_stats_describe_what_happened(probe: Probe, served) -> None:
     assert 6 / 7 * 100 <= stats.mean_queue_ms < 6 / 7 * 1000
     # Two calls: the blocker's (>= 0.12 s) and the batch's (>= 0.02 s).
     assert 70 <= stats.mean_model_ms < 1000
+
+
+# --- batching never applies to streaming models -------------------------------------------------
+
+
+async def test_streaming_models_are_never_batched() -> None:
+    """Batching is on and the model's tensors have a named leading axis, which would make a
+    unary model batch; concurrent streams must still each run alone, side by side."""
+    app = BlazeApp(enable_batching=True, max_batch_size=32, batch_timeout_ms=2000)
+    calls: list[tuple[int, ...]] = []
+    all_started = asyncio.Event()
+
+    @app.model("scale", streaming=True)
+    async def scale(
+        x: TensorInput[np.float32, "batch", 2],
+    ) -> TensorOutput[np.float32, "batch", 2]:
+        calls.append(x.shape)
+        if len(calls) == 8:
+            all_started.set()
+        # Every call waits here for all eight: calls run one after another would never finish.
+        await asyncio.wait_for(all_started.wait(), 3)
+        yield x * 2
+        yield x * 3
+
+    async with client_for(app) as client:
+
+        async def one(i: int) -> list[np.ndarray]:
+            x = np.array([[i, -i]], np.float32)
+            return [a async for a in client.stream("scale", x=x)]
+
+        start = time.monotonic()
+        results = await asyncio.gather(*(one(i) for i in range(8)))
+        elapsed = time.monotonic() - start
+    assert calls == [(1, 2)] * 8  # one request per call, never stacked
+    for i, (doubled, tripled) in enumerate(results):
+        np.testing.assert_array_equal(doubled, [[2 * i, -2 * i]])
+        np.testing.assert_array_equal(tripled, [[3 * i, -3 * i]])
+    assert elapsed < 1.5  # no batch window (2 s) was waited for
+
+
+def test_batched_streaming_model_is_a_configuration_error() -> None:
+    app = BlazeApp()
+    with pytest.raises(ConfigurationError, match="never batched"):
+
+        @app.model("both", streaming=True, batched=True)  # type: ignore[call-arg]
+        async def both(x: list[str]) -> list[str]:
+            yield x

@@ -1,20 +1,26 @@
 """The `blaze` command as a user runs it: real processes, real ports."""
 
+import asyncio
+import importlib.util
+import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import typer
 
-from blazerpc import SyncBlazeClient
+from blazerpc import BlazeApp, SyncBlazeClient
 from blazerpc.cli import load_app
 
-from .processes import BLAZE, blaze_serve, exits_within, free_port, wait_serving
+from .processes import BLAZE, blaze_serve, exits_within, run_tool, wait_serving
+from .support import free_port, running
 
 APP_SOURCE = textwrap.dedent(
     """
@@ -223,3 +229,148 @@ def test_port_in_use_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
     # grpc's C core may log its own line first; ours is one line that names the address.
     (ours,) = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert f"127.0.0.1:{port}" in ours
+
+
+# --- streaming models through the CLI: stock grpcio stubs from `blaze proto`, and the banner -----
+
+STREAMING_APP_MODULE = """
+import asyncio
+from dataclasses import dataclass
+
+from blazerpc import BlazeApp
+
+app = BlazeApp(name="streaming-test")
+
+
+@dataclass
+class Piece:
+    text: str
+    index: int
+
+
+@app.model("generate", streaming=True)
+async def generate(prompt: str) -> Piece:
+    for i, word in enumerate(prompt.split()):
+        await asyncio.sleep(0)
+        yield Piece(word, i)
+
+
+@app.model("words", streaming=True)
+def words(prompt: str) -> str:
+    yield from prompt.split()
+    raise RuntimeError("out of words")
+
+
+@app.model("echo")
+def echo(text: str) -> str:
+    return text
+"""
+
+STUB_CLIENT = """
+import json, sys
+import grpc
+sys.path.insert(0, sys.argv[1])
+import blaze_service_pb2 as pb
+import blaze_service_pb2_grpc as pb_grpc
+
+with grpc.insecure_channel(sys.argv[2]) as channel:
+    stub = pb_grpc.InferenceServiceStub(channel)
+    pieces = [
+        [m.result.text, m.result.index]
+        for m in stub.PredictGenerate(pb.GenerateRequest(prompt="tokens as they come"), timeout=10)
+    ]
+    words = []
+    try:
+        for m in stub.PredictWords(pb.WordsRequest(prompt="x y"), timeout=10):
+            words.append(m.result)
+    except grpc.RpcError as exc:
+        status = [exc.code().name, exc.details()]
+    echo = stub.PredictEcho(pb.EchoRequest(text="unary still works"), timeout=10).result
+print(json.dumps({"pieces": pieces, "words": words, "status": status, "echo": echo}))
+"""
+
+
+def write_app_module(directory: Path) -> str:
+    name = f"streaming_app_{os.getpid()}_{time.monotonic_ns()}"
+    (directory / f"{name}.py").write_text(STREAMING_APP_MODULE)
+    return name
+
+
+def blaze(*args: str) -> list[str]:
+    """The `blaze` command line, run by this interpreter."""
+    return [sys.executable, "-c", "from blazerpc.cli import main; main()", *args]
+
+
+async def test_stock_grpcio_stubs_from_blaze_proto_consume_the_stream(tmp_path: Path) -> None:
+    module = write_app_module(tmp_path)
+    rc, out, err = await run_tool(
+        *blaze("proto", f"{module}:app", "--output-dir", str(tmp_path), "--app-dir", str(tmp_path))
+    )
+    assert rc == 0, err
+    proto = (tmp_path / "blaze_service.proto").read_text()
+    assert "rpc PredictGenerate(GenerateRequest) returns (stream GenerateResponse);" in proto
+
+    rc, out, err = await run_tool(
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{tmp_path}",
+        f"--python_out={tmp_path}",
+        f"--grpc_python_out={tmp_path}",
+        str(tmp_path / "blaze_service.proto"),
+    )
+    assert rc == 0, err
+    stubs = (tmp_path / "blaze_service_pb2_grpc.py").read_text()
+    assert "unary_stream" in stubs
+
+    spec = importlib.util.spec_from_file_location(module, tmp_path / f"{module}.py")
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    app: BlazeApp = loaded.app
+    assert app.proto() == proto
+
+    async with running(app) as server:
+        rc, out, err = await run_tool(
+            sys.executable, "-c", STUB_CLIENT, str(tmp_path), f"127.0.0.1:{server.port}"
+        )
+    assert rc == 0, err
+    assert json.loads(out) == {
+        "pieces": [["tokens", 0], ["as", 1], ["they", 2], ["come", 3]],
+        "words": ["x", "y"],
+        "status": ["INTERNAL", "RuntimeError: out of words"],
+        "echo": "unary still works",
+    }
+
+
+async def test_serve_banner_shows_which_models_stream(tmp_path: Path) -> None:
+    module = write_app_module(tmp_path)
+    argv = blaze(
+        "serve", f"{module}:app", "--host", "127.0.0.1", "--port", str(free_port()),
+        "--app-dir", str(tmp_path),
+    )  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    banner: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while not banner or "listening" not in banner[-1]:
+            line = await asyncio.wait_for(proc.stdout.readline(), 15)
+            assert line, "blaze serve exited early:\n" + "\n".join(banner)
+            banner.append(line.decode().rstrip())
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+    lines = {line.split()[0]: line for line in banner if line.startswith("  ")}
+    assert "streaming" in lines["generate"]
+    assert "streaming" in lines["words"]
+    assert "streaming" not in lines["echo"]

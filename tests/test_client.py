@@ -22,7 +22,7 @@ from blazerpc import (
     ValidationError,
 )
 
-from .conftest import client_for, running
+from .support import client_for, running
 
 
 @dataclass
@@ -244,7 +244,8 @@ async def test_deadline_via_with_options() -> None:
         assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         # The view shares the connection but not the option: the original has no deadline.
         assert await client.predict("slow", seconds=0.1) == "done"
-        assert await fast.predict("slow", seconds=0.0) == "done"
+        roomy = client.with_options(timeout=5.0)  # a deadline a loaded machine still meets
+        assert await roomy.predict("slow", seconds=0.0) == "done"
         got: list[str] = []
         with pytest.raises(BlazeRPCError) as info:
             async for tok in client.with_options(timeout=0.3).stream("slow-stream", seconds=2.0):

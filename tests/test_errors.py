@@ -18,8 +18,8 @@ from blazerpc import (
     ValidationError,
 )
 
-from .conftest import client_for, running
-from .wire import Reply, path, raw_call, raw_stream
+from .support import client_for, path, running
+from .wire import Reply, raw_call, raw_stream
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

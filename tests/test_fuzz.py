@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from blazerpc.protocols.kserve import messages
 
 from .apps.fuzz_app import app
-from .processes import blaze_serve, free_port, wait_serving
+from .processes import blaze_serve, wait_serving
+from .support import free_port
 
 MODELS = [m.name for m in app.registry]
 RPCS = {m.name: m.rpc for m in app.registry}
@@ -318,7 +319,6 @@ def test_kserve_rest_binary_bodies(server: Server) -> None:
         st.sampled_from(MODELS),
         rest_documents(),
         st.binary(max_size=64),
-        # No control characters: the test's own HTTP client refuses them in a header value.
         st.integers(-5, 2**40) | st.text(string.digits + string.ascii_letters + "-+. ", max_size=4),
     )
     def case(model: str, document: Any, tail: bytes, header_length: Any) -> None:

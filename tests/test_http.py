@@ -19,7 +19,7 @@ import blazerpc
 from blazerpc import BlazeApp, TensorInput, TensorOutput
 from blazerpc.server.middleware import TokenAuthMiddleware
 
-from .processes import blaze_serve, exits_within, free_port, wait_until
+from .processes import blaze_serve, exits_within, wait_until
 from .protocol_servers import (
     DOC,
     PROTOCOLS_APP,
@@ -27,8 +27,8 @@ from .protocol_servers import (
     examples,
     http,
     run_example,
-    serving,
 )
+from .support import free_port, running
 
 F32 = np.array([[1, 2, 3, 4], [0, 0, 0, 1]], np.float32)
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3)
@@ -86,7 +86,7 @@ def url(server: Any, path: str) -> str:
 
 async def test_health_readiness_and_metadata() -> None:
     async with (
-        serving(rest_app()) as server,
+        running(rest_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.http_port}") as client,
     ):
         assert await client.is_server_live()
@@ -186,7 +186,7 @@ async def test_stop_lets_calls_in_flight_finish_and_cuts_streams_at_the_grace_pe
 
 async def test_json_tensors_in_and_out() -> None:
     async with (
-        serving(rest_app()) as server,
+        running(rest_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.http_port}") as client,
     ):
         result = await client.infer(
@@ -210,7 +210,7 @@ async def test_json_tensors_in_and_out() -> None:
 
 async def test_binary_tensor_extension_both_ways() -> None:
     async with (
-        serving(rest_app()) as server,
+        running(rest_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.http_port}") as client,
     ):
         result = await client.infer("project", [tensor("features", F32, "FP32")])
@@ -246,7 +246,7 @@ async def test_binary_extension_by_hand() -> None:
             "outputs": [{"name": "result", "parameters": {"binary_data": True}}],
         }
     ).encode()
-    async with serving(rest_app()) as server:
+    async with running(rest_app(), http=True) as server:
         target = url(server, "/v2/models/project/infer")
         reply = await http(target, header + F32.tobytes(), {HEADER_LENGTH: str(len(header))})
         assert reply.status == 200, reply.body
@@ -365,7 +365,7 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("case", BAD_REQUESTS)
 async def test_bad_requests_answer_the_http_status_of_the_native_error(case: str) -> None:
     model, body, status, fragments = BAD_REQUESTS[case]
-    async with serving(rest_app()) as server:
+    async with running(rest_app(), http=True) as server:
         reply = await http(url(server, f"/v2/models/{model}/infer"), body)
         assert reply.status == status, reply.body
         error = reply.json()["error"]  # type: ignore[index]
@@ -383,7 +383,7 @@ async def test_non_finite_floats_are_strings_both_ways_so_the_json_stays_valid()
         return x * 2
 
     body = _infer("x", "FP32", [4], ["NaN", "Infinity", "-Infinity", 1.5])
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         reply = await http(url(server, "/v2/models/scale/infer"), body)
     assert reply.status == 200, reply.body
 
@@ -398,7 +398,7 @@ async def test_bodies_over_their_limits_answer_413_and_the_server_goes_on() -> N
     app = rest_app(max_message_mb=1)
     app.limits = replace(app.limits, max_json_bytes=4096)
     infer = "/v2/models/echo/infer"
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         big_json = _infer("text", "BYTES", [1], ["x" * 5000])
         reply = await http(url(server, infer), big_json)
         assert reply.status == 413, reply.body
@@ -416,7 +416,7 @@ async def test_bodies_over_their_limits_answer_413_and_the_server_goes_on() -> N
 async def test_bodies_past_aiohttps_one_mebibyte_default_are_accepted() -> None:
     rows = np.ones((100_000, 4), np.float32)  # 1.6 MB of binary tensor data
     async with (
-        serving(rest_app()) as server,
+        running(rest_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.http_port}") as client,
     ):
         result = await client.infer("project", [tensor("features", rows, "FP32")])
@@ -426,7 +426,7 @@ async def test_bodies_past_aiohttps_one_mebibyte_default_are_accepted() -> None:
 async def test_middleware_sees_rest_calls_with_headers_as_metadata() -> None:
     app = rest_app(middleware=[TokenAuthMiddleware(tokens=["s3cret"])])
     body = _infer("text", "BYTES", [1], ["hi"])
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         target = url(server, "/v2/models/echo/infer")
         refused = await http(target, body)
         assert refused.status == 401 and "authorization" in refused.body.decode()
@@ -487,5 +487,5 @@ def test_docs_app_is_the_tested_app_and_every_example_is_run() -> None:
 async def test_docs_examples(example: Any) -> None:
     from .apps.protocols_app import app
 
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         assert_documented_output(example, await run_example(example, server))

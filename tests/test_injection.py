@@ -20,7 +20,7 @@ from blazerpc import (
     ValidationError,
 )
 
-from .conftest import client_for, running
+from .support import client_for, running
 
 WHOAMI = "/blazerpc.InferenceService/PredictWhoami"
 

@@ -15,7 +15,8 @@ import pytest
 from blazerpc import BlazeApp, Context, TensorInput, TensorOutput, ValidationError
 from blazerpc.server.middleware import TokenAuthMiddleware
 
-from .protocol_servers import assert_documented_output, examples, http, run_example, serving
+from .protocol_servers import assert_documented_output, examples, http, run_example
+from .support import running
 
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3)
 ROW = np.array([[1, 2, 3, 4]], np.float32)
@@ -141,7 +142,7 @@ async def sse(server: Any, model: str, body: Any) -> tuple[int, str, list[tuple[
 
 
 async def test_predict_scalars_and_tensors_in_the_reference_json_forms() -> None:
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         assert await rpc(server, call("predict.echo", {"text": "hi", "times": 2})) == {
             "jsonrpc": "2.0",
             "result": "HIHI",
@@ -163,7 +164,7 @@ async def test_bytes_lists_maps_and_dataclasses_both_ways() -> None:
         "counts": {"x": 1},
         "span": {"start": {"x": 0, "y": 1}, "end": {"x": 2.5, "y": 3}},
     }
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         reply = await rpc(server, call("predict.everything", params))
     assert reply["result"] == {
         "start": {"x": 2.5, "y": 3.0},
@@ -173,7 +174,7 @@ async def test_bytes_lists_maps_and_dataclasses_both_ways() -> None:
 
 
 async def test_batches_notifications_and_their_replies() -> None:
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         replies = await rpc(
             server,
             [
@@ -299,7 +300,7 @@ CALL_ERRORS = {
 @pytest.mark.parametrize("case", CALL_ERRORS)
 async def test_errors_carry_the_standard_codes(case: str) -> None:
     body, code, fragment, status = CALL_ERRORS[case]
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         (reply,) = await rpc(server, [body])  # in a batch, so even malformed calls get an id slot
         got_code, message, got_status = error_of(reply)
         assert (got_code, got_status) == (code, status), message
@@ -308,7 +309,7 @@ async def test_errors_carry_the_standard_codes(case: str) -> None:
 
 
 async def test_parse_error() -> None:
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         reply = await http(f"http://127.0.0.1:{server.http_port}/jsonrpc", "{oops")
         assert reply.status == 200
         body = reply.json()
@@ -319,7 +320,7 @@ async def test_limits_on_body_size_batch_length_and_nesting() -> None:
     app = rpc_app()
     app.limits = replace(app.limits, max_json_bytes=4096, max_jsonrpc_batch=3)
     endpoint = "/jsonrpc"
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         address = f"http://127.0.0.1:{server.http_port}"
         big = await http(address + endpoint, call("predict.echo", {"text": "x" * 5000}))
         assert big.status == 413
@@ -338,7 +339,7 @@ async def test_limits_on_body_size_batch_length_and_nesting() -> None:
 
 
 async def test_non_finite_floats_travel_as_strings_in_valid_json() -> None:
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         reply = await http(
             f"http://127.0.0.1:{server.http_port}/jsonrpc",
             [call("predict.half", {"x": "Infinity"}, id=1), call("predict.half", {"x": "NaN"}, 2)],
@@ -356,7 +357,7 @@ async def test_a_client_that_leaves_after_the_last_chunk_logs_nothing(
 ) -> None:
     """The client has everything it wanted and closes; the server's last writes find the
     connection gone, which is no error worth a traceback."""
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         for _ in range(3):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
             body = json.dumps({"params": {"word": "last"}}).encode()
@@ -373,7 +374,7 @@ async def test_a_client_that_leaves_after_the_last_chunk_logs_nothing(
 
 
 async def test_server_sent_events_for_a_streaming_model() -> None:
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         status, content_type, got = await sse(server, "tokens", {"params": {"prompt": "a b c"}})
         assert (status, content_type) == (200, "text/event-stream")
         assert got == [("message", "a"), ("message", "b"), ("message", "c"), ("done", {})]
@@ -390,7 +391,7 @@ SSE_ERRORS = {
 @pytest.mark.parametrize("case", SSE_ERRORS)
 async def test_server_sent_events_report_errors_then_done(case: str) -> None:
     model, body, code, fragment = SSE_ERRORS[case]
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         status, _, got = await sse(server, model, body)
     assert status == 200
     chunks = [("message", 0), ("message", 1)] if model == "breaks" else []
@@ -400,14 +401,14 @@ async def test_server_sent_events_report_errors_then_done(case: str) -> None:
 
 
 async def test_server_sent_events_with_a_body_that_is_not_json() -> None:
-    async with serving(rpc_app()) as server:
+    async with running(rpc_app(), http=True) as server:
         reply = await http(f"http://127.0.0.1:{server.http_port}/jsonrpc/stream/tokens", "{")
     assert reply.status == 400 and reply.json()["error"]["code"] == -32700  # type: ignore[index]
 
 
 async def test_a_client_that_leaves_an_event_stream_stops_the_model() -> None:
     app = rpc_app()
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
         body = json.dumps({"params": {"step": 0.01}}).encode()
         writer.write(
@@ -433,7 +434,7 @@ async def test_calls_of_a_batch_share_model_batches() -> None:
         call("predict.slow", {"x": tensor_json(np.full((1, 4), i, np.float32))}, id=i)
         for i in range(12)
     ]
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         replies = await rpc(server, calls)
         stats = server.stats()["slow"]
     sums = [
@@ -450,7 +451,7 @@ async def test_middleware_and_context_apply_to_json_rpc_calls() -> None:
     def whoami(ctx: Context) -> str:
         return f"{ctx.method} {ctx.metadata['x-user']}"
 
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         target = f"http://127.0.0.1:{server.http_port}/jsonrpc"
         refused = (await http(target, call("predict.whoami", {}))).json()
         assert error_of(refused)[0::2] == (-32603, "UNAUTHENTICATED")  # type: ignore[arg-type]
@@ -463,5 +464,5 @@ async def test_middleware_and_context_apply_to_json_rpc_calls() -> None:
 async def test_docs_examples(example: Any) -> None:
     from .apps.protocols_app import app
 
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         assert_documented_output(example, await run_example(example, server))

@@ -27,8 +27,8 @@ from blazerpc import BlazeApp, BlazeClient, Context, TensorInput, TensorOutput, 
 from blazerpc.protocols.kserve import messages
 from blazerpc.server.middleware import Middleware, ResponseEvent, TokenAuthMiddleware
 
-from .processes import free_port
-from .protocol_servers import ROOT, assert_documented_output, examples, run_example, serving
+from .protocol_servers import ROOT, assert_documented_output, examples, run_example
+from .support import free_port, running
 from .wire import raw_call
 
 PROTO_DIR = ROOT / "src" / "blazerpc" / "protocols" / "kserve"
@@ -140,7 +140,7 @@ def test_compiled_descriptor_matches_the_proto_and_tritonclients_contract(tmp_pa
 
 async def test_health_readiness_and_server_metadata() -> None:
     async with (
-        serving(kserve_app()) as server,
+        running(kserve_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
     ):
         assert await client.is_server_live()
@@ -188,7 +188,7 @@ async def test_not_ready_and_unavailable_while_a_startup_hook_runs() -> None:
 
 async def test_model_metadata_maps_every_parameter_type() -> None:
     async with (
-        serving(kserve_app()) as server,
+        running(kserve_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
     ):
         project = await client.get_model_metadata("project", as_json=True)
@@ -220,7 +220,7 @@ async def test_model_metadata_maps_every_parameter_type() -> None:
 
 async def test_raw_tensors_in_and_raw_out() -> None:
     async with (
-        serving(kserve_app()) as server,
+        running(kserve_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
     ):
         result = await client.infer("project", [tensor("features", F32, "FP32")], request_id="r1")
@@ -240,7 +240,7 @@ async def test_typed_contents_in_and_typed_contents_out() -> None:
     request = stock.ModelInferRequest(model_name="project", id="typed")
     features = request.inputs.add(name="features", datatype="FP32", shape=[2, 4])
     features.contents.fp32_contents.extend(F32.ravel().tolist())
-    async with serving(kserve_app()) as server:
+    async with running(kserve_app(), http=True) as server:
         code, details, reply = await stock_call(server.port, request)
         assert code == grpc.StatusCode.OK, details
         assert reply.id == "typed" and not reply.raw_output_contents
@@ -264,7 +264,7 @@ async def test_scalars_bytes_and_lists_travel_as_shape_1_and_1d_tensors() -> Non
         tensor("words", np.array(["a", "bc"], dtype=object), "BYTES"),
     ]
     async with (
-        serving(kserve_app()) as server,
+        running(kserve_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
     ):
         result = await client.infer("mixed", inputs)
@@ -334,7 +334,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", BAD_INPUTS)
 async def test_bad_inputs_are_invalid_argument_naming_the_input(case: str) -> None:
     request, fragments = BAD_INPUTS[case]
-    async with serving(kserve_app()) as server:
+    async with running(kserve_app(), http=True) as server:
         code, details, _ = await stock_call(server.port, request)
         assert code == INVALID, details
         for fragment in fragments:
@@ -345,7 +345,7 @@ async def test_bad_inputs_are_invalid_argument_naming_the_input(case: str) -> No
 
 async def test_model_failures_map_through_the_native_error_table() -> None:
     n = ("n", "INT64", [1], np.array([3], np.int64).tobytes())
-    async with serving(kserve_app()) as server:
+    async with running(kserve_app(), http=True) as server:
         code, details, _ = await stock_call(server.port, _request("fails", n))
         assert (code, details) == (grpc.StatusCode.INTERNAL, "ValueError: boom 3")
         code, details, _ = await stock_call(server.port, _request("refuses", n))
@@ -380,7 +380,7 @@ async def test_stream_infer_streams_chunks_answers_unary_models_and_goes_on_afte
         yield {"model_name": "tokens", "inputs": [prompt], "request_id": "t2"}
 
     async with (
-        serving(kserve_app()) as server,
+        running(kserve_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
     ):
         got: list[Any] = []
@@ -405,7 +405,7 @@ async def test_stream_infer_marks_the_final_response_when_asked() -> None:
         request.id = request_id
         request.parameters["triton_enable_empty_final_response"].bool_param = True
     async with (
-        serving(kserve_app()) as server,
+        running(kserve_app(), http=True) as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         call = stock_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
@@ -432,7 +432,7 @@ async def test_kserve_calls_batch_together_with_native_calls() -> None:
 
     rows = [np.full((1, 4), i, np.float32) for i in range(16)]
     async with (
-        serving(app) as server,
+        running(app, http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.port}") as kserve,
         BlazeClient("127.0.0.1", server.port) as native,
     ):
@@ -464,7 +464,7 @@ async def test_middleware_and_context_apply_to_kserve_calls() -> None:
     text = tensor("text", np.array(["hi"], dtype=object), "BYTES")
     method = f"/{messages.SERVICE_NAME}/ModelInfer/whoami"
     async with (
-        serving(app) as server,
+        running(app, http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
     ):
         with pytest.raises(InferenceServerException) as info:
@@ -495,7 +495,7 @@ async def test_bytes_elements_are_counted_against_the_shape_before_they_are_spli
         return word.upper()
 
     infer = "/inference.GRPCInferenceService/ModelInfer"
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         more = await raw_call(server.port, infer, bytes_request("count", "words", [b"a"] * 3, [2]))
         assert more.code == INVALID and "more than the 2 elements" in more.details, more
         many = await raw_call(server.port, infer, bytes_request("shout", "word", [b"a"] * 9, [9]))
@@ -517,7 +517,7 @@ async def test_a_large_bytes_request_does_not_hold_up_health_checks() -> None:
     n = 1_000_000
     request = bytes_request("count", "words", [b"a"] * n, [n])
     async with (
-        serving(app) as server,
+        running(app, http=True) as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         check = health_pb2_grpc.HealthStub(channel).Check
@@ -544,7 +544,7 @@ async def test_a_large_bytes_request_does_not_hold_up_health_checks() -> None:
 
 async def test_requested_output_and_unrequested_binary_output_with_tritonclient() -> None:
     async with (
-        serving(kserve_app()) as server,
+        running(kserve_app(), http=True) as server,
         triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
     ):
         result = await client.infer(
@@ -562,5 +562,5 @@ async def test_requested_output_and_unrequested_binary_output_with_tritonclient(
 async def test_docs_examples(example: Any) -> None:
     from .apps.protocols_app import app
 
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         assert_documented_output(example, await run_example(example, server))

@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blazerpc import BlazeApp, BlazeClient, BlazeRPCError
+from blazerpc import BlazeApp, BlazeClient, BlazeRPCError, ConfigurationError, Context
 
 from .processes import (
     NOT_SERVING,
     SERVING,
     blaze_serve,
     exits_within,
-    free_port,
     health,
     wait_serving,
     wait_until,
 )
+from .protocol_servers import Reply, http
+from .support import free_port
 
 
 async def _refused(port: int, model: str = "echo", **inputs: object) -> grpc.StatusCode:
@@ -253,3 +256,151 @@ async def test_in_process_stop_drains_then_runs_shutdown_hooks() -> None:
         await server.stop(5)
         assert await asyncio.gather(*calls) == ["done"] * 8
     assert events == ["call finished"] * 8 + ["shutdown hook"]
+
+
+async def test_lifespan_wraps_the_hooks_and_serving() -> None:
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: BlazeApp) -> AsyncIterator[None]:
+        events.append("lifespan start-up")
+        app.state.greeting = "hello"
+        yield
+        events.append("lifespan shut-down")
+
+    app = BlazeApp(lifespan=lifespan)
+
+    @app.model("greet")
+    async def greet(name: str, context: Context) -> str:
+        return f"{context.app_state.greeting} {name}"
+
+    app.on_startup(lambda: events.append("on_startup"))
+    app.on_shutdown(lambda: events.append("on_shutdown"))
+    server = await app.start(port=0)
+    async with BlazeClient("127.0.0.1", server.port) as client:
+        assert await client.predict("greet", name="ada") == "hello ada"
+    events.append("served")
+    await server.stop(1)
+    assert events == [
+        "lifespan start-up",
+        "on_startup",
+        "served",
+        "on_shutdown",
+        "lifespan shut-down",
+    ]
+
+
+async def test_every_shutdown_step_runs_and_the_first_failure_is_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = BlazeApp()
+    ran: list[str] = []
+
+    @app.on_shutdown
+    def first() -> None:
+        ran.append("first")
+        raise RuntimeError("first hook broke")
+
+    @app.on_shutdown
+    async def second() -> None:
+        ran.append("second")
+        raise ValueError("second hook broke")
+
+    @app.on_shutdown
+    def third() -> None:
+        ran.append("third")
+
+    server = await app.start(port=0)
+    with pytest.raises(RuntimeError, match="first hook broke"):
+        await server.stop(1)
+    assert ran == ["first", "second", "third"]
+    assert "second hook broke" in caplog.text
+    assert _port_is_free(server.port)  # the earlier failure stopped nothing after it
+
+
+async def test_a_failed_startup_raises_its_own_error_not_the_shutdowns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = BlazeApp()
+    port = free_port()
+    ran: list[str] = []
+
+    @app.on_startup
+    def load() -> None:
+        raise FileNotFoundError("weights.bin")
+
+    @app.on_shutdown
+    def release() -> None:
+        ran.append("release")
+        raise RuntimeError("nothing to release")
+
+    with pytest.raises(FileNotFoundError, match=r"weights\.bin"):
+        await app.start(port=port)
+    assert ran == ["release"]
+    assert "nothing to release" in caplog.text
+    assert _port_is_free(port)
+
+
+async def test_a_failed_http_bind_leaves_no_grpc_server_behind() -> None:
+    app = BlazeApp()
+    shut_down: list[bool] = []
+    app.on_shutdown(lambda: shut_down.append(True))
+
+    @app.model("echo")
+    async def echo(text: str) -> str:
+        return text
+
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigurationError, match="HTTP"):
+            await app.start(port=port, http_port=taken.getsockname()[1])
+    assert _port_is_free(port)
+    assert shut_down == []  # start-up never ran, so there is nothing to shut down
+
+
+@pytest.mark.parametrize("grace", [None, 0])
+async def test_no_grace_cancels_grpc_and_http_calls_at_once(grace: float | None) -> None:
+    app = BlazeApp()
+    started = asyncio.Event()
+
+    @app.model("hang")
+    async def hang(n: int) -> int:
+        started.set()
+        await asyncio.sleep(60)
+        return n
+
+    server = await app.start(port=0, http_port=0)
+    call = {"jsonrpc": "2.0", "method": "predict.hang", "params": {"n": 1}, "id": 1}
+    async with BlazeClient("127.0.0.1", server.port) as client:
+        over_grpc = asyncio.create_task(client.predict("hang", n=1))
+        over_http = asyncio.create_task(http(f"http://127.0.0.1:{server.http_port}/jsonrpc", call))
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(0.1)
+        begun = time.monotonic()
+        await asyncio.wait_for(server.stop(grace), 10)
+        assert time.monotonic() - begun < 5
+        results = await asyncio.gather(over_grpc, over_http, return_exceptions=True)
+    assert isinstance(results[0], BlazeRPCError)
+    assert not isinstance(results[1], Reply) or results[1].status != 200
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def test_a_failed_grpc_bind_leaves_no_http_server_behind() -> None:
+    app = BlazeApp()
+    http_port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigurationError, match="cannot listen"):
+            await app.start(port=taken.getsockname()[1], http_port=http_port)
+    assert _port_is_free(http_port)

@@ -12,8 +12,8 @@ import pytest
 from blazerpc import BlazeApp, BlazeClient, BlazeRPCError, StatusCode
 from blazerpc.server.server import Limits
 
-from .conftest import client_for
-from .processes import blaze_serve, exits_within, free_port, wait_serving
+from .processes import blaze_serve, exits_within, wait_serving
+from .support import client_for, free_port
 
 MB = 1024 * 1024
 

@@ -14,7 +14,8 @@ import pytest
 from blazerpc import BlazeApp, BlazeClient, BlazeRPCError, RPCError, StatusCode, ValidationError
 from blazerpc.server.middleware import MetricsMiddleware
 
-from .processes import blaze_serve, exits_within, free_port, method, sample, scrape, wait_serving
+from .processes import blaze_serve, exits_within, sample, scrape, wait_serving
+from .support import free_port, path
 
 
 async def test_requests_durations_and_batches_are_counted() -> None:
@@ -64,12 +65,12 @@ async def test_requests_durations_and_batches_are_counted() -> None:
     finally:
         await server.stop(1)
 
-    metered_method = method("Metered")
+    metered_method = path("Metered")
     for status, count in [("OK", 2), ("INVALID_ARGUMENT", 1), ("PERMISSION_DENIED", 1)]:
         assert (
             sample(after, "blazerpc_requests_total", method=metered_method, status=status) == count
         ), status
-    stream_ok = {"method": method("MeteredStream"), "status": "OK"}
+    stream_ok = {"method": path("MeteredStream"), "status": "OK"}
     assert sample(after, "blazerpc_requests_total", **stream_ok) == 1
 
     assert sample(after, "blazerpc_request_duration_seconds_count", method=metered_method) == 4
@@ -78,7 +79,7 @@ async def test_requests_durations_and_batches_are_counted() -> None:
         == 4
     )
     assert 0 < sample(after, "blazerpc_request_duration_seconds_sum", method=metered_method) < 1
-    batch_method = method("MeteredBatch")
+    batch_method = path("MeteredBatch")
     assert (
         sample(after, "blazerpc_request_duration_seconds_sum", method=batch_method) >= 0.5 + 5 * 0.3
     )
@@ -102,7 +103,7 @@ async def test_blaze_serve_metrics_port() -> None:
             for text in "abc":
                 assert await client.predict("echo", text=text) == text
         metrics = scrape(metrics_port)
-        ok = {"method": method("Echo"), "status": "OK"}
+        ok = {"method": path("Echo"), "status": "OK"}
         assert sample(metrics, "blazerpc_requests_total", **ok) == 3
         proc.send_signal(signal.SIGTERM)
         assert exits_within(proc, 10) == 0
@@ -124,7 +125,7 @@ async def test_an_app_with_a_metrics_port_can_start_again_after_stopping() -> No
         finally:
             await server.stop(1)
     metrics = await asyncio.to_thread(scrape, metrics_port)
-    ok = {"method": method("MeteredRestart"), "status": "OK"}
+    ok = {"method": path("MeteredRestart"), "status": "OK"}
     assert sample(metrics, "blazerpc_requests_total", **ok) == 2
 
 

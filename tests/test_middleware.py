@@ -21,7 +21,7 @@ from blazerpc.server.middleware import (
 )
 from blazerpc.server.middleware import TokenAuthMiddleware as TokenAuth
 
-from .conftest import client_for, running
+from .support import client_for, running
 
 ECHO = "/blazerpc.InferenceService/PredictEcho"
 

@@ -13,13 +13,15 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
 from blazerpc import BlazeApp, ConfigurationError, Server
 from blazerpc.server.middleware import Middleware, RequestEvent, TokenAuthMiddleware
 
-from .test_streaming import run_tool
+from .processes import run_tool
+from .support import running
 
 LATE_S = 0.5
 STOP_ITEMS = 100
@@ -92,20 +94,11 @@ def bracket_template(messages: Sequence[Mapping[str, str]]) -> str:
 
 
 @asynccontextmanager
-async def serving(app: BlazeApp) -> AsyncIterator[Server]:
-    server = await app.start(host="127.0.0.1", port=0, http_port=0)
-    try:
-        yield server
-    finally:
-        await server.stop(grace=1.0)
-
-
-@asynccontextmanager
 async def openai_client(
     middleware: list[Middleware] | None = None, api_key: str = "unused"
 ) -> AsyncIterator[tuple[Any, Server, Generation]]:
     generation = Generation()
-    async with serving(llm_app(generation, middleware)) as server:
+    async with running(llm_app(generation, middleware), http=True) as server:
         client = openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key=api_key, max_retries=0
         )
@@ -235,13 +228,22 @@ async def test_errors_come_back_in_openai_shape_with_the_right_status() -> None:
 
 
 async def test_an_error_mid_stream_arrives_after_the_chunks_sent() -> None:
-    async with openai_client() as (client, _, _):
+    async with openai_client() as (client, server, _):
         stream = await client.completions.create(model="fails-late", prompt="x", stream=True)
         got = []
         with pytest.raises(openai.APIError, match="ValueError: ran out of tokens"):
             async for chunk in stream:
                 got.append(chunk.choices[0].text)
         assert got == ["one ", "two "]
+        url = f"http://127.0.0.1:{server.http_port}/v1/completions"
+        body = {"model": "fails-late", "prompt": "x", "stream": True}
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as reply:
+            events = (await reply.text()).strip().split("\n\n")
+        assert reply.status == 200
+        assert (
+            "ran out of tokens" in json.loads(events[-1].removeprefix("data: "))["error"]["message"]
+        )
+        assert "data: [DONE]" not in events  # the stream ended in error, not complete
 
 
 async def test_bearer_token_auth_applies() -> None:
@@ -378,7 +380,7 @@ async def test_timing_first_chunk_is_not_held_back() -> None:
         await release.wait()
         yield "second "
 
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         client = openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
         )
@@ -404,7 +406,7 @@ async def test_a_batched_model_batches_its_openai_calls() -> None:
         time.sleep(0.2)  # while one call runs, the other requests queue up for the next
         return [p.upper() for p in prompt]
 
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         client = openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
         )
@@ -425,7 +427,7 @@ async def test_a_body_over_the_json_limit_is_413_before_it_is_read() -> None:
     generation = Generation()
     app = llm_app(generation)
     app.limits = replace(app.limits, max_json_bytes=4096)
-    async with serving(app) as server:
+    async with running(app, http=True) as server:
         client = openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="x", max_retries=0
         )

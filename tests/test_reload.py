@@ -7,7 +7,8 @@ from pathlib import Path
 
 from blazerpc import BlazeRPCError, SyncBlazeClient
 
-from .processes import blaze_serve, exits_within, free_port, wait_serving, wait_until
+from .processes import blaze_serve, exits_within, wait_serving, wait_until
+from .support import free_port
 
 APP = """\
 from blazerpc import BlazeApp

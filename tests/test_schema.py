@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from blazerpc import BlazeApp, TensorInput, TensorOutput
 
 from .apps import schema_app
-from .conftest import running
+from .support import running
 
 ROOT = Path(__file__).resolve().parent.parent
 BLAZE = Path(sys.executable).with_name("blaze")

@@ -14,7 +14,8 @@ from blazerpc import BlazeApp
 from blazerpc.protocols.kserve import messages
 from blazerpc.server.middleware import TokenAuthMiddleware
 
-from .protocol_servers import http, serving
+from .protocol_servers import http
+from .support import running
 from .wire import raw_call
 
 TOKEN = {"authorization": "Bearer s3cret"}
@@ -53,7 +54,7 @@ KSERVE_CALLS = {
 async def test_kserve_grpc_says_nothing_of_models_without_a_token(case: str) -> None:
     rpc, request = KSERVE_CALLS[case]
     method, data = f"{KSERVE}/{rpc}", request.SerializeToString()
-    async with serving(secret_app()) as server:
+    async with running(secret_app(), http=True) as server:
         assert await grpc_call(server.port, method, data, False) is grpc.StatusCode.UNAUTHENTICATED
         admitted = await grpc_call(server.port, method, data, True)
         assert admitted is (grpc.StatusCode.NOT_FOUND if "unknown" in case else grpc.StatusCode.OK)
@@ -74,7 +75,7 @@ REST_CALLS = {
 @pytest.mark.parametrize("case", REST_CALLS)
 async def test_kserve_rest_says_nothing_of_models_without_a_token(case: str) -> None:
     path, body, admitted = REST_CALLS[case]
-    async with serving(secret_app()) as server:
+    async with running(secret_app(), http=True) as server:
         address = f"http://127.0.0.1:{server.http_port}{path}"
         refused = await http(address, body)
         assert refused.status == 401, refused.body
@@ -85,7 +86,7 @@ async def test_kserve_rest_says_nothing_of_models_without_a_token(case: str) -> 
 
 async def test_json_rpc_lists_models_only_to_admitted_callers() -> None:
     call = {"jsonrpc": "2.0", "method": "predict.nope", "params": {}, "id": 1}
-    async with serving(secret_app()) as server:
+    async with running(secret_app(), http=True) as server:
         address = f"http://127.0.0.1:{server.http_port}"
         for endpoint, body in (("/jsonrpc", call), ("/jsonrpc/stream/nope", {"params": {}})):
             refused = await http(address + endpoint, body)

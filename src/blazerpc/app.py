@@ -8,24 +8,43 @@ import logging
 import os
 import signal
 import types
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError
 from .injection import injected_marker
+from .policy import CallPolicy
 from .protocols.openai_models import ChatTemplate, OpenAIModel, check_openai_model
 from .runtime.batcher import BatchSettings
-from .runtime.registry import ModelEntry, ModelRegistry
+from .runtime.registry import BatchOverrides, ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
 from .server.metrics import BatchMetrics, count_in_flight, serve_metrics
 from .server.middleware import MetricsMiddleware, Middleware
-from .server.policy import CallPolicy
-from .server.server import Limits, Server, ServerTLS, start_server
+from .server.server import Limits, Server, ServerTLS, run_every, start_server
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[[], Any]
+# `BlazeApp(lifespan=...)`: called with the app, its start-up runs up to `yield`.
+Lifespan = Callable[["BlazeApp"], AbstractAsyncContextManager[None]]
 logger = logging.getLogger("blazerpc")
+
+
+async def _call(hook: Hook) -> None:
+    if inspect.iscoroutinefunction(hook):
+        await hook()
+    else:  # in a thread, so health checks are answered while weights load
+        await asyncio.to_thread(hook)
+
+
+async def _quietly(step: Awaitable[None], what: str) -> None:
+    """Clean up after a failure without hiding it: a failure here is logged, not raised."""
+    try:
+        await step
+    except Exception:
+        logger.exception("%s failed too", what)
 
 
 class BlazeApp:
@@ -50,6 +69,7 @@ class BlazeApp:
         max_threads: int | None = None,
         metrics_port: int | None = None,
         reflection: bool = True,
+        lifespan: Lifespan | None = None,
     ) -> None:
         self.name = name
         self.enable_batching = enable_batching
@@ -63,6 +83,7 @@ class BlazeApp:
         self.reflection = reflection
         self.registry = ModelRegistry()
         self.state = types.SimpleNamespace()
+        self._lifespan = lifespan
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._schema: Schema | None = None
@@ -102,10 +123,9 @@ class BlazeApp:
                 streaming=streaming,
                 batched=batched,
                 is_injected=injected_marker,
-                max_batch_size=max_batch_size,
-                batch_timeout_ms=batch_timeout_ms,
-                max_queue_size=max_queue_size,
-                max_concurrent_batches=max_concurrent_batches,
+                batching=BatchOverrides(
+                    max_batch_size, batch_timeout_ms, max_queue_size, max_concurrent_batches
+                ),
             )
             if batched and entry.signature.injected:
                 raise ConfigurationError(
@@ -122,14 +142,43 @@ class BlazeApp:
 
     def on_startup(self, hook: F) -> F:
         """Run `hook` (sync or async) in each worker before it admits traffic, e.g. to load
-        weights; health stays NOT_SERVING until every start-up hook has finished."""
+        weights; health stays NOT_SERVING until every start-up hook has finished. Sugar for
+        the start-up half of `lifespan`."""
         self._startup.append(hook)
         return hook
 
     def on_shutdown(self, hook: F) -> F:
-        """Run `hook` (sync or async) after the server has drained."""
+        """Run `hook` (sync or async) after the server has drained; every shut-down hook runs,
+        even if an earlier one fails. Sugar for the shut-down half of `lifespan`."""
         self._shutdown.append(hook)
         return hook
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Start-up and shut-down around serving, as `start` and `Server.stop` run them.
+
+        Start-up: the `lifespan` given to BlazeApp up to its `yield`, then each on_startup
+        hook in order. Shut-down: each on_shutdown hook in order, then the rest of that
+        `lifespan`. A start-up hook that fails still gets the shut-down hooks run (to release
+        what earlier hooks loaded), and its own error is the one raised; an error of that
+        clean-up is logged, never raised over it.
+        """
+        async with AsyncExitStack() as stack:
+            if self._lifespan is not None:
+                await stack.enter_async_context(self._lifespan(self))
+            stack.push_async_exit(self._shut_down)
+            for hook in self._startup:
+                await _call(hook)
+            yield
+
+    async def _shut_down(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            await run_every((f"on_shutdown hook {h!r}", partial(_call, h)) for h in self._shutdown)
+        except Exception:
+            if exc is None:
+                raise
+            logger.exception("an on_shutdown hook failed while a failure was being handled")
+        return False
 
     def batch_settings(self, entry: ModelEntry) -> BatchSettings | None:
         """How `entry` batches, or None when it runs call by call."""
@@ -143,7 +192,7 @@ class BlazeApp:
             batch_timeout_ms=self.batch_timeout_ms,
             max_queue_size=self.max_queue_size,
         )
-        settings = replace(settings, **entry.options)
+        settings = replace(settings, **entry.batching.given())
         if not self.enable_batching:  # batched=True models still get their lists, of one
             settings = replace(settings, max_batch_size=1)
         return settings
@@ -158,13 +207,6 @@ class BlazeApp:
     def proto(self) -> str:
         """The .proto source a client can compile with protoc."""
         return self.schema.proto_text()
-
-    async def _run_hooks(self, hooks: list[Hook]) -> None:
-        for hook in hooks:
-            if inspect.iscoroutinefunction(hook):
-                await hook()
-            else:  # in a thread, so health checks are answered while weights load
-                await asyncio.to_thread(hook)
 
     async def start(
         self,
@@ -187,39 +229,44 @@ class BlazeApp:
                 middleware.insert(0, MetricsMiddleware())
             serve_metrics(self.metrics_port, host)
         with_metrics = any(isinstance(m, MetricsMiddleware) for m in middleware)
+        lifespan = AsyncExitStack()  # closed by server.stop, after the drain
         if reuse_port:
             # A worker sharing the port loads before it binds: once bound, the kernel hands
             # it new connections, and the other workers are serving them meanwhile.
-            await self._run_hooks(self._startup)
-        server = await start_server(
-            self.registry.list_models(),
-            self.schema,
-            host=host,
-            port=port,
-            policy=CallPolicy(middleware=middleware, app_state=self.state),
-            batching={
-                m.name: settings
-                for m in self.registry
-                if (settings := self.batch_settings(m)) is not None
-            },
-            max_threads=self.max_threads,
-            max_in_flight={
-                m.name: m.options.get("max_queue_size", self.max_queue_size) for m in self.registry
-            },
-            limits=self.limits,
-            tls=tls,
-            reuse_port=reuse_port,
-            on_stop=lambda: self._run_hooks(self._shutdown),
-            batch_observer=BatchMetrics if with_metrics else None,
-            instrument=count_in_flight if with_metrics else None,
-            http_port=http_port,
-            reflection=self.reflection,
-        )
+            await lifespan.enter_async_context(self.lifespan())
+        try:
+            server = await start_server(
+                self.registry.list_models(),
+                self.schema,
+                host=host,
+                port=port,
+                policy=CallPolicy(middleware=middleware, app_state=self.state),
+                batching={
+                    m.name: settings
+                    for m in self.registry
+                    if (settings := self.batch_settings(m)) is not None
+                },
+                max_threads=self.max_threads,
+                max_in_flight={
+                    m.name: m.batching.max_queue_size or self.max_queue_size for m in self.registry
+                },
+                limits=self.limits,
+                tls=tls,
+                reuse_port=reuse_port,
+                on_stop=lifespan.aclose,
+                batch_observer=BatchMetrics if with_metrics else None,
+                instrument=count_in_flight if with_metrics else None,
+                http_port=http_port,
+                reflection=self.reflection,
+            )
+        except BaseException:
+            await _quietly(lifespan.aclose(), "shutting down after a failed start")
+            raise
         try:
             if not reuse_port:
-                await self._run_hooks(self._startup)
+                await lifespan.enter_async_context(self.lifespan())
         except BaseException:
-            await server.stop(grace=0)
+            await _quietly(server.stop(grace=0), "stopping after a failed start-up")
             raise
         await server.ready()
         return server

@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from .app import BlazeApp
 from .deploy.cli import deploy
 from .exceptions import ConfigurationError
+from .launch import load_app, usage_error
+from .launch import run as run  # re-exported: `blazerpc.cli.run` predates launch.py
 from .schema import FILE_NAME
 from .server.server import ServerTLS
 from .server.workers import ServeConfig, serve_process, serve_with_reload, supervise
@@ -34,50 +32,9 @@ AppDir = Annotated[
 ]
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"Error: {message}", err=True, fg="red")
-    return typer.Exit(2)
-
-
 def _set(**flags: float | None) -> dict[str, float]:
     """The flags that were given; the others keep the app's own settings."""
     return {name: value for name, value in flags.items() if value is not None}
-
-
-def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
-    """Import `MODULE:ATTR` as uvicorn does; each way it can go wrong is one clear line."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise _fail(f"'{target}' is not of the form MODULE:ATTR (for example main:app)")
-    for path in {str(Path(app_dir).resolve()), str(Path.cwd())}:
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise _fail(f"cannot import module '{module_name}'") from None
-        raise
-    app: Any = module
-    for part in attr.split("."):
-        app = getattr(app, part, None)
-        if app is None:
-            raise _fail(f"module '{module_name}' has no attribute '{attr}'")
-    if not isinstance(app, BlazeApp):
-        raise _fail(f"'{target}' is a {type(app).__name__}, not a BlazeApp")
-    return app
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (a faster loop for the same code), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None  # run outside the except block: no chained ImportError on every traceback
-    if uvloop is None:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
 
 
 def banner(
@@ -160,11 +117,11 @@ def serve(
 ) -> None:
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
     if reload and workers > 1:
-        raise _fail("--reload and --workers cannot be combined")
+        raise usage_error("--reload and --workers cannot be combined")
     if max_connection_age_grace is not None and max_connection_age is None:
-        raise _fail("--max-connection-age-grace needs --max-connection-age")
+        raise usage_error("--max-connection-age-grace needs --max-connection-age")
     if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
-        raise _fail("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
+        raise usage_error("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
     tls = None
     if tls_cert is not None and tls_key is not None:
         tls = ServerTLS(str(tls_cert), str(tls_key), str(tls_client_ca) if tls_client_ca else None)
@@ -177,8 +134,8 @@ def serve(
         tls,
         metrics_port,
         max_message_mb,
+        http_port=http_port,
         reflection=reflection,
-        options={} if http_port is None else {"http_port": http_port},
         limits=_set(
             max_connection_age_s=max_connection_age,
             max_connection_age_grace_s=max_connection_age_grace,
@@ -207,7 +164,7 @@ def serve(
         else:
             serve_process(config)
     except ConfigurationError as exc:
-        raise _fail(str(exc)) from None
+        raise usage_error(str(exc)) from None
 
 
 @cli.command()

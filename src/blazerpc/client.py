@@ -163,7 +163,7 @@ _ERRORS: dict[grpc.StatusCode, type[BlazeRPCError]] = {
 
 def _error(exc: grpc.RpcError) -> BlazeRPCError:
     """The library exception for a failed call, carrying its gRPC `code` and `details`."""
-    code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+    code, details = exc.code(), exc.details() or ""
     error = _ERRORS.get(code, BlazeRPCError)(details)
     error.code = code
     return error
@@ -187,11 +187,12 @@ class ClientTLS:
         )
 
 
-class _Options:
-    """Per-call settings kept apart from model inputs, so no parameter name can collide."""
+class _ClientBase:
+    """What BlazeClient and SyncBlazeClient share: the target, credentials, schema discovery,
+    and per-call settings kept apart from model inputs, so no parameter name can collide."""
 
     timeout: float | None
-    metadata: list[tuple[str, str]]
+    metadata: tuple[tuple[str, str], ...]
 
     def _setup(
         self,
@@ -218,7 +219,7 @@ class _Options:
         self.timeout = timeout
         items = metadata.items() if isinstance(metadata, Mapping) else metadata or ()
         # Every call asks for headers on admission, which makes its retries safe (balancing.py).
-        self.metadata = [*((k.lower(), v) for k, v in items), ADMISSION_HEADERS]
+        self.metadata = (*((k.lower(), v) for k, v in items), ADMISSION_HEADERS)
 
     def with_options(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
@@ -245,7 +246,7 @@ class _Options:
         return method
 
 
-class BlazeClient(_Options):
+class BlazeClient(_ClientBase):
     """Async client: `async with BlazeClient(host, port) as c: await c.predict("echo", ...)`.
 
     `host` may also be a list of `HOST:PORT` addresses or a target such as
@@ -293,7 +294,9 @@ class BlazeClient(_Options):
     async def _method(self, model: str, streaming: bool = False) -> _Method:
         methods = self._shared.get("methods")
         if methods is None:
-            call = self._get_channel().stream_stream(_REFLECTION_METHOD)(
+            reflect: grpc.aio.StreamStreamMultiCallable[bytes, bytes]
+            reflect = self._get_channel().stream_stream(_REFLECTION_METHOD)
+            call = reflect(
                 iter([_reflection_request()]), timeout=self.timeout, metadata=self.metadata
             )
             try:
@@ -310,6 +313,7 @@ class BlazeClient(_Options):
         method = await self._method(model)
         if method.client_streaming:
             return await self._predict_streamed(method, method.items(model, inputs))
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
         call = self._get_channel().unary_unary(method.path)
         try:
             data = await call(
@@ -320,9 +324,9 @@ class BlazeClient(_Options):
         return method.decode(data)
 
     async def _predict_streamed(self, method: _Method, items: Any) -> Any:
-        call = self._get_channel().stream_unary(method.path)(
-            timeout=self.timeout, metadata=self.metadata
-        )
+        upload: grpc.aio.StreamUnaryMultiCallable[bytes, bytes]
+        upload = self._get_channel().stream_unary(method.path)
+        call = upload(timeout=self.timeout, metadata=self.metadata)
         sender = _Sender(call, method, items)
         try:
             data = await call
@@ -411,7 +415,9 @@ class _Stream:
                 )
                 self._sender = _Sender(self._call, method, items)
             else:
-                self._call = client._get_channel().unary_stream(method.path)(
+                stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+                stream = client._get_channel().unary_stream(method.path)
+                self._call = stream(
                     method.encode(self._model, self._inputs),
                     timeout=client.timeout,
                     metadata=client.metadata,
@@ -428,7 +434,8 @@ class _Stream:
             if self._sender is not None:
                 self._sender.stop()
             raise StopAsyncIteration
-        return self._method.decode(data)  # type: ignore[union-attr]
+        assert self._method is not None  # resolved with the call, above
+        return self._method.decode(data)
 
     def cancel(self) -> None:
         """Stop the call now; iteration then ends."""
@@ -446,7 +453,7 @@ class _Stream:
         self.cancel()
 
 
-class SyncBlazeClient(_Options):
+class SyncBlazeClient(_ClientBase):
     """Blocking client for scripts and notebooks; same calls as BlazeClient, without await."""
 
     def __init__(
@@ -480,6 +487,7 @@ class SyncBlazeClient(_Options):
     def _method(self, model: str, streaming: bool = False) -> _Method:
         methods = self._shared.get("methods")
         if methods is None:
+            call: grpc.StreamStreamMultiCallable[bytes, bytes]
             call = self._channel.stream_stream(_REFLECTION_METHOD)
             try:
                 methods = _schema_from_reflection(
@@ -500,9 +508,9 @@ class SyncBlazeClient(_Options):
         method = self._method(model)
         if method.client_streaming:
             requests = _SyncRequests(method, method.items(model, inputs))
-            future = self._channel.stream_unary(method.path).future(
-                iter(requests), timeout=self.timeout, metadata=self.metadata
-            )
+            upload: grpc.StreamUnaryMultiCallable[bytes, bytes]
+            upload = self._channel.stream_unary(method.path)
+            future = upload.future(iter(requests), timeout=self.timeout, metadata=self.metadata)
             requests.started(future)
             try:
                 data = future.result()
@@ -511,10 +519,9 @@ class SyncBlazeClient(_Options):
             except grpc.FutureCancelledError:
                 raise requests.error or BlazeRPCError("the call was cancelled") from None
             return method.decode(data)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method.path)
         try:
-            data = self._channel.unary_unary(method.path)(
-                method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
-            )
+            data = call(method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise _error(exc) from None
         return method.decode(data)
@@ -524,12 +531,14 @@ class SyncBlazeClient(_Options):
         requests = None
         if method.client_streaming:
             requests = _SyncRequests(method, method.items(model, inputs))
-            call = self._channel.stream_stream(method.path)(
-                iter(requests), timeout=self.timeout, metadata=self.metadata
-            )
+            both: grpc.StreamStreamMultiCallable[bytes, bytes]
+            both = self._channel.stream_stream(method.path)
+            call = both(iter(requests), timeout=self.timeout, metadata=self.metadata)
             requests.started(call)
         else:
-            call = self._channel.unary_stream(method.path)(
+            stream: grpc.UnaryStreamMultiCallable[bytes, bytes]
+            stream = self._channel.unary_stream(method.path)
+            call = stream(
                 method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
             )
         try:

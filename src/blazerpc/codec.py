@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from .convert import WrongResult, converter, declared, dims_problem, result_array
 from .exceptions import ValidationError
-from .types import _WIRE_NAME_OF, WIRE_DTYPES, Field, ListOf, MapOf, Scalar, Struct, Tensor
+from .types import (
+    _WIRE_NAME_OF,
+    WIRE_DTYPES,
+    Field,
+    ListOf,
+    MapOf,
+    Scalar,
+    Struct,
+    Tensor,
+    TypeSpec,
+)
 
 Decode = Callable[[Any, str], Any]
 Fill = Callable[[Message, Any], None]
@@ -27,30 +38,52 @@ _EXPECTED_DTYPES = ", ".join(WIRE_DTYPES)
 
 def decode_tensor(proto: Any, spec: Tensor, path: str) -> np.ndarray:
     """A TensorProto as a read-only numpy view of its bytes, or a ValidationError naming `path`."""
-    dtype = WIRE_DTYPES.get(proto.dtype)
+    return tensor_from_wire(proto.dtype, proto.shape, proto.data, spec, path)
+
+
+def tensor_from_wire(
+    dtype_name: str, shape: Sequence[int], data: bytes | memoryview, spec: Tensor, path: str
+) -> np.ndarray:
+    """A tensor in the native form (dtype by wire name, shape, raw bytes), checked."""
+    dtype = WIRE_DTYPES.get(dtype_name)
     if dtype is None:
         raise ValidationError(
-            f"field '{path}': unknown dtype '{proto.dtype}'; expected one of {_EXPECTED_DTYPES}",
+            f"field '{path}': unknown dtype '{dtype_name}'; expected one of {_EXPECTED_DTYPES}",
             field=path,
         )
     if spec.dtype is not None and dtype != spec.dtype:
         raise ValidationError(
-            f"field '{path}': expected dtype '{spec.wire_dtype}', got '{proto.dtype}'", field=path
+            f"field '{path}': expected dtype '{spec.wire_dtype}', got '{dtype_name}'", field=path
         )
-    shape = tuple(proto.shape)
+    return tensor_from_bytes(data, dtype, shape, spec, path)
+
+
+def check_shape(shape: Sequence[int], spec: Tensor, path: str) -> tuple[int, ...]:
+    """The one check of a received tensor's shape, whichever protocol carried it: no negative
+    dimension, and the declared number of dimensions and fixed sizes."""
+    shape = tuple(shape)
     if any(d < 0 for d in shape):
         raise ValidationError(
             f"field '{path}': expected non-negative dimensions, got shape {list(shape)}",
             field=path,
         )
     if spec.dims is not None:
-        _check_dims(shape, spec.dims, path, ValidationError)
-    data = proto.data
+        problem = dims_problem(shape, spec.dims)
+        if problem is not None:
+            raise ValidationError(f"field '{path}': {problem}", field=path)
+    return shape
+
+
+def tensor_from_bytes(
+    data: bytes | memoryview, dtype: np.dtype, shape: Sequence[int], spec: Tensor, path: str
+) -> np.ndarray:
+    """Raw little-endian bytes as a read-only array of `shape`, checked."""
+    shape = check_shape(shape, spec, path)
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise ValidationError(
             f"field '{path}': data holds {len(data)} bytes, expected {expected} "
-            f"(shape {list(shape)} x {dtype.itemsize}-byte {proto.dtype})",
+            f"(shape {list(shape)} x {dtype.itemsize}-byte {_WIRE_NAME_OF[dtype]})",
             field=path,
         )
     try:
@@ -61,39 +94,26 @@ def decode_tensor(proto: Any, spec: Tensor, path: str) -> np.ndarray:
         ) from None
 
 
-def _check_dims(
-    shape: tuple[int, ...], dims: tuple[int | str, ...], path: str, error: Callable[..., Exception]
-) -> None:
-    if len(shape) != len(dims):
-        raise error(
-            f"field '{path}': expected {len(dims)} dimensions {_declared(dims)}, "
-            f"got shape {list(shape)}"
+def tensor_from_elements(
+    elements: np.ndarray, shape: Sequence[int], spec: Tensor, path: str
+) -> np.ndarray:
+    """A flat array of elements (protocols that send numbers, not bytes) as an array of
+    `shape`, checked."""
+    shape = check_shape(shape, spec, path)
+    expected = math.prod(shape)
+    if elements.size != expected:
+        raise ValidationError(
+            f"field '{path}': shape {list(shape)} needs {expected} elements, got {elements.size}",
+            field=path,
         )
-    for axis, (got, want) in enumerate(zip(shape, dims, strict=True)):
-        if isinstance(want, int) and got != want:
-            raise error(
-                f"field '{path}': dimension {axis} must be {want} (shape {_declared(dims)}), "
-                f"got shape {list(shape)}"
-            )
-
-
-def _declared(dims: tuple[int | str, ...]) -> str:
-    return "[" + ", ".join(map(str, dims)) + "]"
+    return elements.reshape(shape)
 
 
 def fill_tensor(proto: Any, value: Any, spec: Tensor, path: str = "result") -> None:
     """Write an array-like into a TensorProto, cast to the declared dtype if it is a safe kind."""
-    arr = np.asarray(value)
-    target = spec.dtype if spec.dtype is not None else arr.dtype.newbyteorder("<")
-    if arr.dtype != target:
-        arr = arr.astype(target, casting="same_kind")
-    name = _WIRE_NAME_OF.get(arr.dtype)
-    if name is None:
-        raise TypeError(f"field '{path}': dtype {arr.dtype} cannot travel as a tensor")
-    if spec.dims is not None:
-        _check_dims(arr.shape, spec.dims, path, ValueError)
+    arr = result_array(value, spec, path)
     proto.shape.extend(arr.shape)
-    proto.dtype = name
+    proto.dtype = _WIRE_NAME_OF[arr.dtype]
     proto.data = arr.tobytes()
 
 
@@ -123,7 +143,9 @@ def _field_reader(field: Field) -> Callable[[Message, str], Any]:
     name, default, decode = field.name, field.default, _decoder(field.type)
     is_message = isinstance(field.type, (Tensor, Struct))
     if is_message and not field.optional:
-        what = "a TensorProto" if isinstance(field.type, Tensor) else field.type.cls.__name__
+        what = field.type.cls.__name__ if isinstance(field.type, Struct) else "a TensorProto"
+        assert decode is not None  # tensors and dataclasses always decode
+        read = decode
 
         def required(msg: Message, prefix: str) -> Any:
             if not msg.HasField(name):
@@ -131,7 +153,7 @@ def _field_reader(field: Field) -> Callable[[Message, str], Any]:
                     f"missing required field '{prefix}{name}': expected {what}",
                     field=prefix + name,
                 )
-            return decode(getattr(msg, name), prefix + name)  # type: ignore[misc]
+            return read(getattr(msg, name), prefix + name)
 
         return required
     if is_message or (field.optional and isinstance(field.type, Scalar)):
@@ -144,10 +166,12 @@ def _field_reader(field: Field) -> Callable[[Message, str], Any]:
 
         return present
     if field.has_default:  # a list or map: proto3 cannot tell empty from absent
+        assert decode is not None  # lists and maps always decode
+        read_list = decode
 
         def or_default(msg: Message, prefix: str) -> Any:
             value = getattr(msg, name)
-            return decode(value, prefix + name) if value else default  # type: ignore[misc]
+            return read_list(value, prefix + name) if value else default
 
         return or_default
     if decode is None:
@@ -200,10 +224,13 @@ def _filler(spec: Any, name: str) -> Fill:
     raise TypeError(spec)
 
 
-def _element_filler(spec: Tensor | Struct) -> Callable[[Message, Any], None]:
+def _element_filler(spec: TypeSpec) -> Callable[[Message, Any], None]:
+    """How to fill one message element of a list or map: a tensor or a dataclass."""
     if isinstance(spec, Tensor):
         return lambda proto, value: fill_tensor(proto, value, spec)
-    return _message_filler(spec.fields)
+    if isinstance(spec, Struct):
+        return _message_filler(spec.fields)
+    raise TypeError(spec)
 
 
 def _message_filler(fields: tuple[Field, ...]) -> Callable[[Message, Any], None]:
@@ -211,13 +238,8 @@ def _message_filler(fields: tuple[Field, ...]) -> Callable[[Message, Any], None]
     fillers = [(f.name, _filler(f.type, f.name)) for f in fields]
 
     def fill(msg: Message, value: Any) -> None:
-        get = (
-            value.get
-            if isinstance(value, Mapping)
-            else (lambda key, default: getattr(value, key, default))
-        )
         for name, set_field in fillers:
-            item = get(name, None)
+            item = value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
             if item is not None:
                 set_field(msg, item)
 
@@ -251,17 +273,21 @@ class Codec:
         self.decode = _fast_reader(fields) or (lambda msg: read(msg, ""))
 
     def wrap(self, value: Any) -> Message:
-        """The message of a single-field type (a response) holding `value`; a value of the
-        wrong type is a TypeError naming the field (the server's fault, so INTERNAL)."""
-        name = self.fields[0].name
+        """The message of a single-field type (a response) holding `value`. Protobuf checks
+        the value; one it refuses (or None for a required result) is WrongResult, with the
+        verdict of `convert`, as on every other protocol."""
+        field = self.fields[0]
+        if value is None and not field.optional:
+            raise WrongResult(field.name, declared(field.type), value)
         try:
             if self._constructor_ok:
-                return self.cls(**{name: value})
+                return self.cls(**{field.name: value})
             msg = self.cls()
-            self._fill(msg, {name: value})
+            self._fill(msg, {field.name: value})
             return msg
-        except (TypeError, ValueError) as exc:
-            raise TypeError(self._mismatch(name, value, exc)) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            converter(field.type, field.name, field.optional)(value)  # raises with its verdict
+            raise WrongResult(field.name, declared(field.type), value, str(exc)) from None
 
     def encode(self, values: Mapping[str, Any]) -> Message:
         """A message from keyword values (None and missing keys stay unset); a value of the

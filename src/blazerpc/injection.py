@@ -35,12 +35,13 @@ class Depends:
         return f"Depends({getattr(self.dependency, '__qualname__', self.dependency)!r})"
 
 
-def injected_marker(param: inspect.Parameter, annotation: Any) -> Context | Depends | None:
-    """For the registry: what the server supplies for this parameter, if anything."""
+def injected_marker(param: inspect.Parameter, annotation: Any) -> type[Context] | Depends | None:
+    """For the registry: what the server supplies for this parameter, if anything (the
+    Context class itself marks a parameter that receives the call's context)."""
     if isinstance(param.default, Depends):
         return param.default
     if annotation is Context:
-        return Context  # type: ignore[return-value]
+        return Context
     return None
 
 

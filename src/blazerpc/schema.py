@@ -153,7 +153,8 @@ def build_schema(models: Iterable[ModelEntry]) -> Schema:
     return load_schema(build_file(models))
 
 
-_PY_TYPES = {
+# By FieldDescriptor.type, an int (FieldDescriptorProto's enum values are the same numbers).
+_PY_TYPES: dict[int, type] = {
     **{
         t: int
         for t in (

@@ -13,29 +13,41 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, NamedTuple, Union
 
 import numpy as np
 
 from .exceptions import ConfigurationError
 
-# Wire names of tensor dtypes (the reference implementation's contract) and their numpy dtypes,
-# little-endian as they travel.
-WIRE_DTYPES: dict[str, np.dtype] = {
-    "float": np.dtype("<f4"),
-    "double": np.dtype("<f8"),
-    "float16": np.dtype("<f2"),
-    "int8": np.dtype("i1"),
-    "int16": np.dtype("<i2"),
-    "int32": np.dtype("<i4"),
-    "int64": np.dtype("<i8"),
-    "uint8": np.dtype("u1"),
-    "uint16": np.dtype("<u2"),
-    "uint32": np.dtype("<u4"),
-    "uint64": np.dtype("<u8"),
-    "bool": np.dtype("?"),
-}
-_WIRE_NAME_OF: dict[np.dtype, str] = {dtype: name for name, dtype in WIRE_DTYPES.items()}
+
+class DType(NamedTuple):
+    """One tensor dtype: numpy's (little-endian, as it travels), its name in the native
+    TensorProto (the reference implementation's contract), its KServe v2 datatype."""
+
+    numpy: np.dtype
+    wire: str
+    kserve: str
+
+
+# The one table of tensor dtypes; every protocol's names for them come from here.
+DTYPES: tuple[DType, ...] = (
+    DType(np.dtype("<f4"), "float", "FP32"),
+    DType(np.dtype("<f8"), "double", "FP64"),
+    DType(np.dtype("<f2"), "float16", "FP16"),
+    DType(np.dtype("i1"), "int8", "INT8"),
+    DType(np.dtype("<i2"), "int16", "INT16"),
+    DType(np.dtype("<i4"), "int32", "INT32"),
+    DType(np.dtype("<i8"), "int64", "INT64"),
+    DType(np.dtype("u1"), "uint8", "UINT8"),
+    DType(np.dtype("<u2"), "uint16", "UINT16"),
+    DType(np.dtype("<u4"), "uint32", "UINT32"),
+    DType(np.dtype("<u8"), "uint64", "UINT64"),
+    DType(np.dtype("?"), "bool", "BOOL"),
+)
+WIRE_DTYPES: dict[str, np.dtype] = {d.wire: d.numpy for d in DTYPES}
+_WIRE_NAME_OF: dict[np.dtype, str] = {d.numpy: d.wire for d in DTYPES}
+KSERVE_DTYPES: dict[str, np.dtype] = {d.kserve: d.numpy for d in DTYPES}
+KSERVE_NAME_OF: dict[np.dtype, str] = {d.numpy: d.kserve for d in DTYPES}
 
 SCALARS: tuple[type, ...] = (str, int, float, bool, bytes)
 
@@ -64,7 +76,7 @@ class Tensor:
     @property
     def leading_symbolic(self) -> bool:
         """True when axis 0 is a named dimension, so requests can be stacked along it."""
-        return bool(self.dims) and isinstance(self.dims[0], str)  # type: ignore[index]
+        return self.dims is not None and len(self.dims) > 0 and isinstance(self.dims[0], str)
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,7 @@ def _parse_dtype(dtype: Any) -> np.dtype:
     if isinstance(dtype, str) and dtype in WIRE_DTYPES:
         return WIRE_DTYPES[dtype]
     try:
-        parsed = np.dtype(dtype).newbyteorder("<")
+        parsed: np.dtype = np.dtype(dtype).newbyteorder("<")
     except TypeError as exc:
         raise ConfigurationError(f"tensor dtype {dtype!r} is not a numpy dtype") from exc
     if parsed not in _WIRE_NAME_OF:
@@ -243,7 +255,7 @@ def _batch_item(annotation: Any, where: str) -> Any:
     return typing.get_args(annotation)[0]
 
 
-_INPUT_STREAMS = {
+_INPUT_STREAMS: dict[Any, bool] = {
     collections.abc.AsyncIterator: True,
     collections.abc.AsyncIterable: True,
     collections.abc.Iterator: False,

@@ -28,7 +28,7 @@ MaxConnectionAge = Annotated[
 
 
 def _spec(app_path: str, app_dir: Path, **settings: Any) -> DeploySpec:
-    from ..cli import load_app  # the CLI owns importing the user's app
+    from ..launch import load_app
 
     app = load_app(app_path, app_dir)
     name = settings.pop("name", None) or default_name(app)

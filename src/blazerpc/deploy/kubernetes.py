@@ -202,7 +202,9 @@ def keda_scaled_object(spec: DeploySpec, prometheus_url: str) -> Manifest:
     }
 
 
-def manifests(spec: DeploySpec, *, keda_prometheus_url: str | None = None) -> dict[str, list]:
+def manifests(
+    spec: DeploySpec, *, keda_prometheus_url: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Every object, by the file it is written to."""
     autoscaler = (
         {"hpa.yaml": [horizontal_pod_autoscaler(spec)]}

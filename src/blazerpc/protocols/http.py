@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..exceptions import ConfigurationError
+from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from ..server.policy import CallPolicy
 
 
 class HttpServer:
@@ -26,9 +27,9 @@ class HttpServer:
         self._in_flight = in_flight
         self.port = port
 
-    async def stop(self, grace: float | None) -> None:
+    async def stop(self, grace: float) -> None:
         """Stop listening, let requests in flight (event streams too) finish within `grace`
-        seconds (None: however long they take), cancel the rest, close every connection."""
+        seconds (0: none), cancel the rest, close every connection."""
         for site in list(self._runner.sites):
             await site.stop()
         if self._in_flight:
@@ -63,18 +64,21 @@ async def start_http_server(
     from .kserve_rest import add_kserve_routes
     from .openai import add_openai_routes
 
+    web_handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
     # The handlers running now, so stop() gives them the gRPC calls' grace period and no more
     # (aiohttp's own shutdown waits up to twice its timeout for a response that never ends).
     in_flight: set[asyncio.Task[Any]] = set()
 
     @web.middleware
-    async def track(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def track(request: web.Request, handler: web_handler) -> web.StreamResponse:
         task = asyncio.current_task()
-        in_flight.add(task)  # type: ignore[arg-type]
+        assert task is not None  # aiohttp runs each request in a task of its own
+        in_flight.add(task)
         try:
             return await handler(request)
         finally:
-            in_flight.discard(task)  # type: ignore[arg-type]
+            in_flight.discard(task)
 
     app = web.Application(client_max_size=max_body_bytes, middlewares=[track])
     add_kserve_routes(app, runners, policy, max_json_bytes)

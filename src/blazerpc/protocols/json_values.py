@@ -2,23 +2,26 @@
 
 The JSON forms are the reference implementation's: a tensor is
 `{"shape": [...], "dtype": "float", "data": "<base64 of little-endian bytes>"}`, bytes are
-base64 strings, dataclasses and maps are objects. Tensors go through codec's `decode_tensor`
-and `fill_tensor`, so they are checked exactly as native TensorProtos are; every error names
-the field as the native path does.
+base64 strings, dataclasses and maps are objects. Received tensors go through codec's checks
+exactly as native TensorProtos do, and every error names the field as the native path does.
+A result is first checked by `convert` (protobuf's verdict, so 3.7 is no `int` here either),
+then written in these forms.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeGuard
 
-from ..codec import decode_tensor, fill_tensor
+import numpy as np
+
+from ..codec import tensor_from_wire
+from ..convert import converter
 from ..exceptions import ValidationError
-from ..types import Field, ListOf, MapOf, Scalar, Tensor, TypeSpec
+from ..types import _WIRE_NAME_OF, Field, ListOf, MapOf, Scalar, Tensor, TypeSpec
 from .json_io import NON_FINITE
-from .wire import WireTensor
 
 Decode = Callable[[Any, str], Any]
 Encode = Callable[[Any], Any]
@@ -39,6 +42,13 @@ def _kind(value: Any) -> str:
 
 def _wrong(path: str, expected: str, value: Any) -> ValidationError:
     return ValidationError(f"field '{path}': expected {expected}, got {_kind(value)}", field=path)
+
+
+def is_shape(value: Any) -> TypeGuard[list[int]]:
+    """A JSON array of integers (a JSON `true` is no dimension, though Python's bool is an int)."""
+    return isinstance(value, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) for d in value
+    )
 
 
 def _base64(value: Any, path: str) -> bytes:
@@ -73,7 +83,7 @@ def _scalar_decoder(py: type) -> Decode:
         # bool is an int in Python, never in JSON
         if not isinstance(value, py) or (py is int and isinstance(value, bool)):
             raise _wrong(path, _JSON_NAMES[py], value)
-        if py is int and not _INT64_MIN <= value <= _INT64_MAX:
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
             raise ValidationError(
                 f"field '{path}': {value} is out of range for a 64-bit integer", field=path
             )
@@ -87,14 +97,12 @@ def _tensor_decoder(spec: Tensor) -> Decode:
         if not isinstance(value, dict) or not {"shape", "dtype", "data"} <= value.keys():
             raise _wrong(path, 'a tensor object {"shape", "dtype", "data"}', value)
         shape, dtype = value["shape"], value["dtype"]
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shape
-        ):
+        if not is_shape(shape):
             raise _wrong(f"{path}.shape", "an array of integers", shape)
         if not isinstance(dtype, str):
             raise _wrong(f"{path}.dtype", "a string", dtype)
         data = _base64(value["data"], f"{path}.data")
-        return decode_tensor(WireTensor(shape, dtype, data), spec, path)
+        return tensor_from_wire(dtype, shape, data, spec, path)
 
     return tensor
 
@@ -168,34 +176,33 @@ def fields_decoder(fields: tuple[Field, ...]) -> Callable[[Any, str], dict[str, 
     return read
 
 
-def encoder(spec: TypeSpec) -> Encode:
-    """How to turn a model's Python value into JSON."""
+def encoder(result: Field) -> Encode:
+    """How to turn a model's result into JSON, once `convert` has checked it."""
+    check, to_json = converter(result.type, result.name, result.optional), _json_form(result.type)
+    return lambda value: None if (checked := check(value)) is None else to_json(checked)
+
+
+def _tensor_json(arr: np.ndarray) -> dict[str, Any]:
+    return {
+        "shape": list(arr.shape),
+        "dtype": _WIRE_NAME_OF[arr.dtype],
+        "data": base64.b64encode(arr.tobytes()).decode(),
+    }
+
+
+def _json_form(spec: TypeSpec) -> Encode:
+    """A checked value (as `convert` gives it) in its JSON form."""
     if isinstance(spec, Scalar):
         if spec.py is bytes:
             return lambda value: base64.b64encode(value).decode()
-        return spec.py  # int(), float(), bool(), str() also turn numpy scalars into JSON ones
+        return lambda value: value
     if isinstance(spec, Tensor):
-
-        def tensor(value: Any) -> dict[str, Any]:
-            wire = WireTensor([])
-            fill_tensor(wire, value, spec)
-            return {
-                "shape": list(wire.shape),
-                "dtype": wire.dtype,
-                "data": base64.b64encode(wire.data).decode(),
-            }
-
-        return tensor
+        return _tensor_json
     if isinstance(spec, ListOf):
-        item = encoder(spec.item)
+        item = _json_form(spec.item)
         return lambda value: [item(v) for v in value]
     if isinstance(spec, MapOf):
-        entry = encoder(spec.value)
+        entry = _json_form(spec.value)
         return lambda value: {str(k): entry(v) for k, v in value.items()}
-    fields = [(f.name, encoder(f.type)) for f in spec.fields]
-
-    def struct(value: Any) -> dict[str, Any]:
-        get = value.get if isinstance(value, Mapping) else lambda k: getattr(value, k, None)
-        return {name: enc(v) for name, enc in fields if (v := get(name)) is not None}
-
-    return struct
+    fields = [(f.name, _json_form(f.type)) for f in spec.fields]
+    return lambda value: {name: form(value[name]) for name, form in fields if name in value}

@@ -10,23 +10,19 @@ has on the native path, from the same table.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
-from contextlib import aclosing
-from functools import partial
 from typing import Any
 
 import grpc
 from aiohttp import web
 
-from ..exceptions import ValidationError, status_of
+from ..exceptions import ValidationError
+from ..pipeline import CallerGone, Failure, ModelCall, Wire, admitted_lookup, fail
+from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from ..server.policy import CallPolicy
 from . import json_io
-from .calls import Caller, ModelCalls, observed
-from .json_values import Encode, encoder, fields_decoder
-
-logger = logging.getLogger("blazerpc.jsonrpc")
+from .http_wire import http_caller, json_response
+from .json_values import encoder, fields_decoder
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -35,6 +31,8 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+Params = dict[str, Any]
 
 
 class CallError(Exception):
@@ -56,33 +54,69 @@ def _error_reply(error: dict[str, Any], call_id: Any = None) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "error": error, "id": call_id}
 
 
-def _failure(exc: BaseException) -> dict[str, Any]:
+def _failure(failure: Failure) -> dict[str, Any]:
     """The error object of a failed call: invalid params for INVALID_ARGUMENT, else internal."""
+    invalid = failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    return _error(INVALID_PARAMS if invalid else INTERNAL_ERROR, failure.details, failure.code)
+
+
+def _refusal(exc: Exception) -> dict[str, Any]:
+    """The error object of a call refused before it reached a model."""
     if isinstance(exc, CallError):
         return _error(exc.code, str(exc))
-    status, details = status_of(exc)
-    if status is grpc.StatusCode.INTERNAL:
-        logger.error("JSON-RPC call failed", exc_info=exc)
-    code = INVALID_PARAMS if status is grpc.StatusCode.INVALID_ARGUMENT else INTERNAL_ERROR
-    return _error(code, details, status)
+    return _failure(fail(exc, "JSON-RPC call"))
+
+
+async def _reply_error(request: web.Request, failure: Failure) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": _failure(failure)}
+
+
+async def _event_error(request: web.Request, failure: Failure) -> bytes:
+    return _event("error", _failure(failure))
+
+
+def _params(params: Any) -> Params:
+    if not isinstance(params, dict):
+        raise CallError(INVALID_PARAMS, "params must be an object of parameters by name")
+    return params
 
 
 class _Model:
-    """A model's JSON decoder and encoder, built once."""
+    """A model's JSON-RPC route (`predict.<model>`, or its event stream), built once."""
 
     def __init__(self, runner: ModelRunner, policy: CallPolicy) -> None:
-        self.calls = ModelCalls(runner, policy)
-        self.name, self.streaming = runner.entry.name, runner.entry.streaming
-        self.decode: Callable[[Any, str], dict[str, Any]] = fields_decoder(
-            runner.entry.signature.params
-        )
-        encode = encoder(runner.entry.signature.result.type)
-        self.encode: Encode = lambda result: None if result is None else encode(result)
+        entry = runner.entry
+        self.name, self.streaming = entry.name, entry.streaming
+        read = fields_decoder(entry.signature.params)
+        encode = encoder(entry.signature.result)
 
-    def kwargs(self, params: Any) -> dict[str, Any]:
-        if not isinstance(params, dict):
-            raise CallError(INVALID_PARAMS, "params must be an object of parameters by name")
-        return self.decode(params, "")
+        def decode(params: Params) -> dict[str, Any]:
+            return read(params, "")
+
+        if self.streaming:
+            self.stream: ModelCall[Params, web.Request, bytes] = ModelCall(
+                runner,
+                policy,
+                Wire(
+                    protocol="JSON-RPC",
+                    decode=decode,
+                    encode=lambda params, chunk: _event(None, encode(chunk)),
+                    caller=http_caller(f"/jsonrpc/stream/{self.name}"),
+                    reject=_event_error,
+                ),
+            )
+        else:
+            self.predict: ModelCall[Params, web.Request, dict[str, Any]] = ModelCall(
+                runner,
+                policy,
+                Wire(
+                    protocol="JSON-RPC",
+                    decode=decode,
+                    encode=lambda params, result: {"jsonrpc": "2.0", "result": encode(result)},
+                    caller=http_caller(f"/jsonrpc/predict.{self.name}"),
+                    reject=_reply_error,
+                ),
+            )
 
 
 class JsonRpc:
@@ -110,11 +144,8 @@ class JsonRpc:
     ) -> _Model:
         """`lookup(name)`; its error (which lists the models) only once middleware (auth) has
         admitted the call, so that without a token nobody learns which models exist."""
-        try:
-            return lookup(name)
-        except CallError as exc:
-            async with observed(self._policy, _caller(method, request), gated=False):
-                raise exc from None
+        caller = http_caller(method)(None, request)
+        return await admitted_lookup(self._policy, caller, lambda: lookup(name))
 
     def _model(self, name: str) -> _Model:
         model = self._models.get(name)
@@ -150,18 +181,13 @@ class JsonRpc:
             error = _error(INVALID_REQUEST, 'a call needs "jsonrpc": "2.0" and a string "method"')
             return _error_reply(error, call.get("id"))
         try:
-            model = await self._admitted(
-                self._unary_model, call["method"], f"/jsonrpc/{call['method']}", request
-            )
-            result = await model.calls.unary(
-                partial(model.kwargs, call.get("params", {})),
-                model.encode,
-                partial(_caller, f"/jsonrpc/predict.{model.name}", request),
-                None,
-            )
-            reply: dict[str, Any] = {"jsonrpc": "2.0", "result": result}
+            method = call["method"]
+            model = await self._admitted(self._unary_model, method, f"/jsonrpc/{method}", request)
+            params = _params(call.get("params", {}))
         except Exception as exc:
-            reply = {"jsonrpc": "2.0", "error": _failure(exc)}
+            reply: dict[str, Any] = {"jsonrpc": "2.0", "error": _refusal(exc)}
+        else:
+            reply = await model.predict.unary(params, request)
         if "id" not in call:
             return None  # a notification: run, never answered (JSON-RPC 2.0, section 4.1)
         reply["id"] = call["id"]
@@ -174,20 +200,20 @@ class JsonRpc:
             return _unparsed(exc)
         if isinstance(body, list):
             if not body:
-                return _json(_error_reply(_error(INVALID_REQUEST, "empty batch")))
+                return json_response(_error_reply(_error(INVALID_REQUEST, "empty batch")))
             if len(body) > self._max_batch_calls:
                 error = _error(
                     INVALID_REQUEST,
                     f"a batch of {len(body)} calls is over the limit of "
                     f"{self._max_batch_calls}; send fewer calls per request",
                 )
-                return _json(_error_reply(error))
+                return json_response(_error_reply(error))
             # Concurrently, so the calls of one batch can share a model batch.
             calls = [self._call(request, call) for call in body]
             replies = [r for r in await asyncio.gather(*calls) if r is not None]
-            return _json(replies) if replies else web.Response(status=204)
+            return json_response(replies) if replies else web.Response(status=204)
         reply = await self._call(request, body)
-        return _json(reply) if reply is not None else web.Response(status=204)
+        return json_response(reply) if reply is not None else web.Response(status=204)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -197,17 +223,15 @@ class JsonRpc:
         response = web.StreamResponse(headers=_SSE_HEADERS)
         try:
             await response.prepare(request)
-            await self._stream_events(request, response, body)
+            await self._events(request, response, body)
             await response.write(_event("done", {}))
             await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client left; the model's generator is closed already
+        except (CallerGone, ConnectionResetError):
+            pass  # the client left; the model's generator has been stopped
         return response
 
-    async def _stream_events(
-        self, request: web.Request, response: web.StreamResponse, body: Any
-    ) -> None:
-        """Write each chunk as an event, or an error event; the caller ends the stream."""
+    async def _events(self, request: web.Request, response: web.StreamResponse, body: Any) -> None:
+        """A streaming model's chunks as events, or an error event; the caller ends the stream."""
         try:
             name = request.match_info["model"]
             model = await self._admitted(self._model, name, f"/jsonrpc/stream/{name}", request)
@@ -217,33 +241,18 @@ class JsonRpc:
                     f"model '{model.name}' does not stream; call predict.{model.name} at "
                     "POST /jsonrpc",
                 )
-            params = body.get("params", {}) if isinstance(body, dict) else body
-            stream = model.calls.stream(
-                partial(model.kwargs, params),
-                partial(_caller, f"/jsonrpc/stream/{model.name}", request),
-            )
-            async with aclosing(stream) as chunks:
-                async for chunk in chunks:
-                    await response.write(_event(None, model.encode(chunk)))
-        except ConnectionResetError:
-            raise
+            params = _params(body.get("params", {}) if isinstance(body, dict) else body)
         except Exception as exc:
-            await response.write(_event("error", _failure(exc)))
-
-
-def _caller(method: str, request: web.Request) -> Caller:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    return Caller(method, headers, request.remote or "")
-
-
-_json = json_io.response
+            await response.write(_event("error", _refusal(exc)))
+        else:
+            await model.stream.stream(params, request, response.write)
 
 
 def _unparsed(exc: ValidationError, status: int = 200) -> web.Response:
     """The reply to a body that could not be read as JSON (413 when it was too large)."""
     if isinstance(exc, json_io.BodyTooLarge):
-        return _json(_error_reply(_error(INVALID_REQUEST, str(exc))), status=413)
-    return _json(_error_reply(_error(PARSE_ERROR, f"Parse error: {exc}")), status=status)
+        return json_response(_error_reply(_error(INVALID_REQUEST, str(exc))), status=413)
+    return json_response(_error_reply(_error(PARSE_ERROR, f"Parse error: {exc}")), status=status)
 
 
 def _event(name: str | None, data: Any) -> bytes:

@@ -1,32 +1,26 @@
 """KServe v2 over gRPC: `inference.GRPCInferenceService`, served on the native service's port.
 
 A request's tensors become the model's keyword arguments (validated by the shared tensor
-checks), the call goes to the same runner the native service uses (so it batches with native
-calls), and every failure leaves through `status_of`, as it does natively.
+checks), and the call takes the same pipeline and runner as a native one (so it batches with
+native calls, and fails with the same status).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from functools import partial
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
-from ..exceptions import SerializationError, ValidationError, status_of
+from ..exceptions import SerializationError, ValidationError
+from ..pipeline import CallerGone, Failure, ModelCall, Wire, admitted_lookup, fail
+from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from ..server.decoding import DecodingInHandler
-from ..server.middleware import lower_keys
-from ..server.policy import CallPolicy
-from .calls import Caller, observed
+from .grpc_aio import ServicerContext, abort, grpc_caller, remaining
 from .kserve import messages as pb
-from .kserve.model import KServeModel, find, kserve_models, server_metadata
+from .kserve.model import OFF_LOOP_BYTES, KServeModel, find, kserve_models, server_metadata
 from .kserve.tensors import CONTENTS_FIELDS
-
-logger = logging.getLogger("blazerpc.kserve")
 
 SERVICE_NAME = pb.SERVICE_NAME
 _STREAM_HINT = "call it with ModelStreamInfer"
@@ -80,16 +74,16 @@ def _response(model: KServeModel, request: Any, result: Any, raw: bool) -> Any:
     )
     tensor = response.outputs.add(name=output.name, datatype=output.datatype, shape=shape)
     if raw or output.datatype == "FP16":
-        response.raw_output_contents.append(data)
+        response.raw_output_contents.append(output.raw(data))
     else:
         getattr(tensor.contents, CONTENTS_FIELDS[output.datatype]).extend(output.elements(data))
     return response
 
 
-def _streamed(response: Any, marked: bool, *, final: bool) -> Any:
-    """A ModelStreamInfer message; `marked` when the client opted in to Triton's
+def _streamed(response: Any, request: Any, *, final: bool) -> Any:
+    """A ModelStreamInfer message; marked when the client opted in to Triton's
     `triton_final_response` flag, which tells it a request's last response has come."""
-    if marked:
+    if _bool_param(request, _FINAL_OPT_IN):
         response.parameters[_FINAL].bool_param = final
     return pb.ModelStreamInferResponse(infer_response=response)
 
@@ -98,11 +92,54 @@ def _empty_response(model: KServeModel, request: Any) -> Any:
     return pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
 
 
-def _caller(model_name: str, rpc: str, context: grpc.aio.ServicerContext) -> Caller:
-    return Caller(
-        f"/{SERVICE_NAME}/{rpc}/{model_name}",
-        lower_keys(context.invocation_metadata()),
-        context.peer(),
+def _decode_in_thread(model: KServeModel) -> Callable[[Any], bool] | None:
+    """For a model with BYTES inputs: whether a request is large enough to split off the loop."""
+    if not model.takes_bytes:
+        return None
+    return lambda request: request.ByteSize() > OFF_LOOP_BYTES
+
+
+async def _stream_error(context: ServicerContext, failure: Failure) -> Any:
+    return pb.ModelStreamInferResponse(error_message=failure.details)
+
+
+def _infer_call(model: KServeModel, policy: CallPolicy) -> ModelCall[Any, ServicerContext, bytes]:
+    """ModelInfer: the reply's bytes, or an abort."""
+    return ModelCall(
+        model.runner,
+        policy,
+        Wire(
+            protocol="KServe gRPC",
+            decode=lambda request: _kwargs(model, request),
+            encode=lambda request, result: _response(
+                model, request, result, _wants_raw(request)
+            ).SerializeToString(),
+            caller=grpc_caller(f"/{SERVICE_NAME}/ModelInfer/{model.name}"),
+            reject=abort,
+            timeout=remaining,
+            decode_in_thread=_decode_in_thread(model),
+        ),
+    )
+
+
+def _stream_call(model: KServeModel, policy: CallPolicy) -> ModelCall[Any, ServicerContext, Any]:
+    """ModelStreamInfer: one message per result (per chunk of a streaming model), or one
+    `error_message` on failure; the stream goes on either way."""
+    final = not model.streaming
+    return ModelCall(
+        model.runner,
+        policy,
+        Wire(
+            protocol="KServe gRPC",
+            decode=lambda request: _kwargs(model, request),
+            encode=lambda request, result: _streamed(
+                _response(model, request, result, _wants_raw(request)), request, final=final
+            ),
+            caller=grpc_caller(f"/{SERVICE_NAME}/ModelStreamInfer/{model.name}"),
+            reject=_stream_error,
+            timeout=remaining,
+            decode_in_thread=_decode_in_thread(model),
+        ),
     )
 
 
@@ -110,7 +147,9 @@ class KServeServicer:
     """The RPCs of GRPCInferenceService over the server's runners."""
 
     def __init__(self, runners: dict[str, ModelRunner], policy: CallPolicy) -> None:
-        self._models = kserve_models(runners, policy)
+        self._models = kserve_models(runners)
+        self._infer = {name: _infer_call(m, policy) for name, m in self._models.items()}
+        self._stream = {name: _stream_call(m, policy) for name, m in self._models.items()}
         self._policy = policy
         self._gate = policy.gate
         self._server_metadata = pb.ServerMetadataResponse(**server_metadata())
@@ -118,34 +157,23 @@ class KServeServicer:
     def _ready(self) -> bool:
         return self._gate.reason is None
 
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        code, details = status_of(exc)
-        if code is grpc.StatusCode.INTERNAL:
-            logger.error("KServe call failed", exc_info=exc)
-        await context.abort(code, details)
-
-    async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_live(self, request: Any, context: ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_ready(self, request: Any, context: ServicerContext) -> Any:
         return pb.ServerReadyResponse(ready=self._ready())
 
-    async def _find(
-        self, name: str, version: str, rpc: str, context: grpc.aio.ServicerContext
-    ) -> KServeModel:
-        """The model a call names; an unknown one is NOT_FOUND only once middleware (auth)
-        has admitted the call, so that without a token nobody learns which models exist."""
-        try:
-            return find(self._models, name, version)
-        except Exception as exc:
-            async with observed(self._policy, _caller(name, rpc, context), gated=False):
-                raise exc from None
+    async def _find(self, name: str, version: str, rpc: str, context: ServicerContext) -> Any:
+        caller = grpc_caller(f"/{SERVICE_NAME}/{rpc}/{name}")(None, context)
+        return await admitted_lookup(
+            self._policy, caller, lambda: find(self._models, name, version)
+        )
 
-    async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def model_ready(self, request: Any, context: ServicerContext) -> Any:
+        """Whether a model is ready; like its metadata, told only to admitted callers."""
+        caller = grpc_caller(f"/{SERVICE_NAME}/ModelReady/{request.name}")(request, context)
         try:
-            async with observed(
-                self._policy, _caller(request.name, "ModelReady", context), gated=False
-            ):
+            async with self._policy.observed(caller, gated=False):
                 model = self._models.get(request.name)
                 ready = (
                     model is not None
@@ -153,26 +181,24 @@ class KServeServicer:
                     and request.version in ("", model.version)
                     and self._ready()
                 )
-                return pb.ModelReadyResponse(ready=ready)
         except Exception as exc:
-            await self._abort(context, exc)
-            raise  # unreachable: abort raises
+            await abort(context, fail(exc, "KServe gRPC ModelReady"))
+        return pb.ModelReadyResponse(ready=ready)
 
-    async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def server_metadata(self, request: Any, context: ServicerContext) -> Any:
         return self._server_metadata
 
-    async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def model_metadata(self, request: Any, context: ServicerContext) -> Any:
+        """A model's metadata, only for callers middleware (auth) admits."""
+        caller = grpc_caller(f"/{SERVICE_NAME}/ModelMetadata/{request.name}")(request, context)
         try:
             model = await self._find(request.name, request.version, "ModelMetadata", context)
-            async with observed(
-                self._policy, _caller(model.name, "ModelMetadata", context), gated=False
-            ):
+            async with self._policy.observed(caller, gated=False):
                 return pb.ModelMetadataResponse(**model.metadata())
         except Exception as exc:
-            await self._abort(context, exc)
-            raise  # unreachable: abort raises
+            await abort(context, fail(exc, "KServe gRPC ModelMetadata"))
 
-    async def model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def model_infer(self, data: bytes, context: ServicerContext) -> bytes:
         try:
             try:
                 request = pb.ModelInferRequest.FromString(data)
@@ -184,21 +210,13 @@ class KServeServicer:
                 request.model_name, request.model_version, "ModelInfer", context
             )
             model.check_unary(_STREAM_HINT)
-            return await model.calls.unary(
-                model.decoder(partial(_kwargs, model, request), len(data)),
-                lambda result: _response(
-                    model, request, result, _wants_raw(request)
-                ).SerializeToString(),
-                partial(_caller, model.name, "ModelInfer", context),
-                context.time_remaining(),
-            )
         except Exception as exc:
-            await self._abort(context, exc)
-            raise  # unreachable: abort raises
+            await abort(context, fail(exc, "KServe gRPC ModelInfer"))
+        return await self._infer[model.name].unary(request, context)
 
     async def model_stream_infer(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
+        self, requests: AsyncIterator[Any], context: ServicerContext
+    ) -> None:
         """Each request in turn: a streaming model answers one response per chunk, any other
         model one response. A failed request answers `error_message`; the stream goes on."""
         async for request in requests:
@@ -206,37 +224,32 @@ class KServeServicer:
                 model = await self._find(
                     request.model_name, request.model_version, "ModelStreamInfer", context
                 )
-                decode = model.decoder(partial(_kwargs, model, request), request.ByteSize())
-                respond = partial(_response, model, request, raw=_wants_raw(request))
-                caller = partial(_caller, model.name, "ModelStreamInfer", context)
-                marked = _bool_param(request, _FINAL_OPT_IN)
-                if model.streaming:
-                    async with aclosing(model.calls.stream(decode, caller)) as chunks:
-                        async for chunk in chunks:
-                            yield _streamed(respond(chunk), marked, final=False)
-                    if marked:
-                        yield _streamed(_empty_response(model, request), marked, final=True)
-                else:
-                    response = await model.calls.unary(
-                        decode, respond, caller, context.time_remaining()
-                    )
-                    yield _streamed(response, marked, final=True)
             except Exception as exc:
-                code, details = status_of(exc)
-                if code is grpc.StatusCode.INTERNAL:
-                    logger.error("KServe stream call failed", exc_info=exc)
-                yield pb.ModelStreamInferResponse(error_message=details)
+                failure = fail(exc, "KServe gRPC ModelStreamInfer")
+                await context.write(await _stream_error(context, failure))
+                continue
+            call = self._stream[model.name]
+            if not model.streaming:
+                await context.write(await call.unary(request, context))
+                continue
+            try:
+                completed = await call.stream(request, context, context.write)
+            except CallerGone:
+                return
+            # A request whose stream failed ended with its error_message: no final flag after.
+            if completed and _bool_param(request, _FINAL_OPT_IN):
+                await context.write(_streamed(_empty_response(model, request), request, final=True))
 
 
 def add_kserve_service(
-    server: grpc.aio.Server | DecodingInHandler,
+    server: grpc.aio.Server,
     runners: dict[str, ModelRunner],
     policy: CallPolicy,
 ) -> None:
     """Serve GRPCInferenceService on `server`, under the same call policy as the native one."""
     servicer = KServeServicer(runners, policy)
 
-    def unary(behavior: Any, request: Any) -> grpc.RpcMethodHandler:
+    def unary(behavior: Any, request: Any) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_unary_rpc_method_handler(
             behavior,
             request_deserializer=request.FromString,
@@ -262,5 +275,5 @@ def add_kserve_service(
     )
 
 
-def _serialize(message: Any) -> bytes:
+def _serialize(message: Message) -> bytes:
     return message.SerializeToString()

@@ -8,21 +8,19 @@ answer `{"error": details}` with the HTTP status of the same failure's gRPC stat
 
 from __future__ import annotations
 
-import logging
-from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from grpc import StatusCode
 
-from ..exceptions import ValidationError, status_of
+from ..exceptions import ValidationError
+from ..pipeline import Failure, ModelCall, Wire, admitted_lookup, fail
+from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from ..server.policy import CallPolicy
 from . import json_io
-from .calls import Caller, observed
-from .kserve.model import KServeModel, find, kserve_models, server_metadata
-
-logger = logging.getLogger("blazerpc.kserve")
+from .http_wire import http_caller, json_response
+from .json_values import is_shape
+from .kserve.model import OFF_LOOP_BYTES, KServeModel, find, kserve_models, server_metadata
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _STREAM_HINT = "call it with ModelStreamInfer over gRPC, or at POST /jsonrpc/stream/<model>"
@@ -47,15 +45,28 @@ HTTP_STATUS = {
 }
 
 
-_json = json_io.response
+def _error(failure: Failure) -> web.Response:
+    return json_response({"error": failure.details}, HTTP_STATUS.get(failure.code, 500))
 
 
-def _failure(exc: BaseException) -> web.Response:
-    code, details = status_of(exc)
-    if code is StatusCode.INTERNAL:
-        logger.error("KServe REST call failed", exc_info=exc)
-    status = 413 if isinstance(exc, json_io.BodyTooLarge) else HTTP_STATUS.get(code, 500)
-    return _json({"error": details}, status)
+def _refused(exc: Exception, where: str) -> web.Response:
+    """The answer to a request refused before it reached the pipeline."""
+    if isinstance(exc, json_io.BodyTooLarge):
+        return json_response({"error": str(exc)}, 413)
+    return _error(fail(exc, where))
+
+
+async def _reject(request: web.Request, failure: Failure) -> web.Response:
+    return _error(failure)
+
+
+class _Body(NamedTuple):
+    """An inference request: its JSON header, the binary tensor data after it, and the
+    size of the whole body."""
+
+    doc: dict[str, Any]
+    binary: memoryview
+    size: int
 
 
 def _header_length(request: web.Request, max_json_bytes: int) -> int | None:
@@ -76,15 +87,15 @@ def _header_length(request: web.Request, max_json_bytes: int) -> int | None:
     return size
 
 
-def _split_body(body: bytes, header_length: int | None) -> tuple[Any, memoryview]:
-    """The JSON inference header and the binary tensor data after it."""
+def _split_body(body: bytes, header_length: int | None) -> _Body:
+    """The JSON inference header, checked for structure, and the binary tensor data after it."""
     size = len(body) if header_length is None else header_length
     if not 0 <= size <= len(body):
         raise ValidationError(f"{HEADER_LENGTH} is {size}, but the body holds {len(body)} bytes")
     view = memoryview(body)
     doc = json_io.loads(view[:size], "the inference request")
     _check_document(doc)
-    return doc, view[size:]
+    return _Body(doc, view[size:], len(body))
 
 
 def _check_document(doc: Any) -> None:
@@ -109,9 +120,7 @@ def _check_parameters(obj: dict[str, Any], where: str) -> None:
 
 def _shape(tensor: dict[str, Any], name: str) -> list[int]:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in shape
-    ):
+    if not is_shape(shape):
         raise ValidationError(f"input '{name}': shape must be an array of integers", field=name)
     return shape
 
@@ -154,15 +163,9 @@ def _binary_output(doc: dict[str, Any]) -> bool:
     """Whether the client asked for the result as binary data (Triton's extension)."""
     default = bool(doc.get("parameters", {}).get("binary_data_output", False))
     outputs = doc.get("outputs")
-    if outputs:  # checked by _kwargs: the model's one output
+    if outputs:  # checked by _check_document, and by _kwargs: the model's one output
         return bool(outputs[0].get("parameters", {}).get("binary_data", default))
     return default
-
-
-def _caller(request: web.Request) -> Caller:
-    """The caller as middleware sees it; the method is the request's path."""
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    return Caller(request.path, headers, request.remote or "")
 
 
 def _response(
@@ -186,13 +189,35 @@ def _response(
                     '("binary_data": true)'
                 ) from None
         tensor["data"] = elements
-        return _json(head)
-    tensor["parameters"] = {"binary_data_size": len(data)}
+        return json_response(head)
+    raw = output.raw(data)
+    tensor["parameters"] = {"binary_data_size": len(raw)}
     header = json_io.dumps(head)
     return web.Response(
-        body=header + data,
+        body=header + raw,
         content_type="application/octet-stream",
         headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+def _infer_call(
+    model: KServeModel, policy: CallPolicy
+) -> ModelCall[_Body, web.Request, web.Response]:
+    return ModelCall(
+        model.runner,
+        policy,
+        Wire(
+            protocol="KServe REST",
+            decode=lambda body: _kwargs(model, body.doc, body.binary),
+            encode=lambda body, result: _response(
+                model, body.doc, result, binary=_binary_output(body.doc)
+            ),
+            caller=http_caller(f"/v2/models/{model.name}/infer"),
+            reject=_reject,
+            decode_in_thread=(
+                (lambda body: body.size > OFF_LOOP_BYTES) if model.takes_bytes else None
+            ),
+        ),
     )
 
 
@@ -202,7 +227,8 @@ class KServeRest:
     def __init__(
         self, runners: dict[str, ModelRunner], policy: CallPolicy, max_json_bytes: int
     ) -> None:
-        self._models = kserve_models(runners, policy)
+        self._models = kserve_models(runners)
+        self._infer = {name: _infer_call(m, policy) for name, m in self._models.items()}
         self._policy = policy
         self._gate = policy.gate
         self._max_json_bytes = max_json_bytes
@@ -211,17 +237,16 @@ class KServeRest:
         return self._gate.reason is None
 
     async def _find(self, request: web.Request) -> KServeModel:
-        """The model the path names; an unknown one is 404 only once middleware (auth) has
-        admitted the call, so that without a token nobody learns which models exist."""
+        """The model the path names, told (or refused as unknown) only to admitted callers."""
         info = request.match_info
-        try:
-            return find(self._models, info["name"], info.get("version", ""))
-        except Exception as exc:
-            async with observed(self._policy, _caller(request), gated=False):
-                raise exc from None
+        return await admitted_lookup(
+            self._policy,
+            http_caller(request.path)(None, request),
+            lambda: find(self._models, info["name"], info.get("version", "")),
+        )
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json(server_metadata())
+        return json_response(server_metadata())
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -232,18 +257,18 @@ class KServeRest:
     async def model_metadata(self, request: web.Request) -> web.Response:
         try:
             model = await self._find(request)
-            async with observed(self._policy, _caller(request), gated=False):
-                return _json(model.metadata())
+            async with self._policy.observed(http_caller(request.path)(None, request), gated=False):
+                return json_response(model.metadata())
         except Exception as exc:
-            return _failure(exc)
+            return _error(fail(exc, "KServe REST model metadata"))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         try:
             await self._find(request)
-            async with observed(self._policy, _caller(request), gated=False):
+            async with self._policy.observed(http_caller(request.path)(None, request), gated=False):
                 pass
         except Exception as exc:
-            return _failure(exc)
+            return _error(fail(exc, "KServe REST model readiness"))
         return web.Response(status=200 if self._ready() else 400)
 
     async def infer(self, request: web.Request) -> web.Response:
@@ -251,16 +276,10 @@ class KServeRest:
             model = await self._find(request)
             model.check_unary(_STREAM_HINT)
             header_length = _header_length(request, self._max_json_bytes)
-            body = await json_io.read_body(request)
-            doc, binary = _split_body(body, header_length)
-            return await model.calls.unary(
-                model.decoder(partial(_kwargs, model, doc, binary), len(body)),
-                partial(_response, model, doc, binary=_binary_output(doc)),
-                partial(_caller, request),
-                None,
-            )
+            body = _split_body(await json_io.read_body(request), header_length)
         except Exception as exc:
-            return _failure(exc)
+            return _refused(exc, "KServe REST inference")
+        return await self._infer[model.name].unary(body, request)
 
 
 def add_kserve_routes(

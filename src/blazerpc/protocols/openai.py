@@ -3,34 +3,28 @@
 `POST /v1/completions` and `POST /v1/chat/completions` (chat messages folded into the prompt by
 the model's chat template) answer at once with `stream: false`, or as server-sent events with
 `stream: true`: one `data:` chunk per chunk the model yields, then `data: [DONE]`.
-`GET /v1/models` lists the exposed models. Calls go through the same gate, middleware (so
-`Authorization: Bearer ...` is checked by TokenAuthMiddleware) and runners as every other
-protocol; failures come back in OpenAI's error shape with the HTTP status of their gRPC one.
+`GET /v1/models` lists the exposed models. Calls go through the shared call pipeline (gate,
+middleware, so `Authorization: Bearer ...` is checked by TokenAuthMiddleware, and runners) as
+every other protocol; failures come back in OpenAI's error shape with the HTTP status of
+their gRPC one.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
-from functools import partial
 from typing import Any
 
 from aiohttp import web
-from grpc import StatusCode
 
-from ..exceptions import ModelNotFoundError, ValidationError, status_of
+from ..exceptions import ModelNotFoundError, ValidationError
+from ..pipeline import CallerGone, Failure, ModelCall, Wire, admitted_lookup, fail
+from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from ..server.middleware import RequestEvent
-from ..server.policy import CallPolicy
 from . import json_io
-from .calls import Caller, ModelCalls
+from .http_wire import http_caller, json_response
 from .kserve_rest import HTTP_STATUS
 from .openai_models import OpenAIModel
-
-logger = logging.getLogger("blazerpc.openai")
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
@@ -39,8 +33,8 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
 class _Request:
     """One completion request, read and checked before the model runs."""
 
-    def __init__(self, body: dict[str, Any], served: _Served, chat: bool) -> None:
-        self.body, self.chat = body, chat
+    def __init__(self, body: dict[str, Any], served: _Served, chat: bool, path: str) -> None:
+        self.body, self.chat, self.path = body, chat, path
         self.stream = body.get("stream", False)
         if not isinstance(self.stream, bool):
             raise ValidationError("'stream' must be true or false", field="stream")
@@ -90,54 +84,97 @@ class _Request:
         }
 
 
+Piece = str | Failure  # what the pipeline hands back: a text, or how the call failed
+
+
+async def _as_piece(request: web.Request, failure: Failure) -> Piece:
+    return failure
+
+
 class _Served:
-    """An exposed model and its calls through the shared policy."""
+    """An exposed model and its call through the shared pipeline."""
 
     def __init__(self, runner: ModelRunner, policy: CallPolicy) -> None:
         self.model: OpenAIModel = runner.entry.openai
-        self.calls = ModelCalls(runner, policy)
         self.streaming = runner.entry.streaming
+        model = self.model
+        self.call: ModelCall[_Request, web.Request, Piece] = ModelCall(
+            runner,
+            policy,
+            Wire(
+                protocol="OpenAI",
+                decode=lambda call: model.arguments(call.prompt, call.body),
+                encode=lambda call, text: str(text),
+                caller=lambda call, request: http_caller(call.path)(call, request),
+                reject=_as_piece,
+            ),
+        )
 
-    def texts(self, request: _Request, caller: Callable[[], Caller]) -> AsyncIterator[str]:
-        """The model's text as it comes: each chunk of a streaming model, or the one result."""
-        decode = partial(self.model.arguments, request.prompt, request.body)
-        if self.streaming:
-            return self.calls.stream(decode, caller)
-        return self._once(decode, caller)
 
-    async def _once(self, decode: Callable[[], dict[str, Any]], caller: Any) -> AsyncIterator[str]:
-        yield await self.calls.unary(decode, str, caller, None)
+def _error(failure: Failure, not_found: bool = False) -> web.Response:
+    """A failure as OpenAI's error object, with the HTTP status of its gRPC status."""
+    status = HTTP_STATUS.get(failure.code, 500)
+    return json_response(_error_body(failure, not_found), status)
 
 
-def _error(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """An exception as OpenAI's error object and the HTTP status of its gRPC status."""
-    code, details = status_of(exc)
-    if code is StatusCode.INTERNAL:
-        logger.error("OpenAI-compatible call failed", exc_info=exc)
-    status = 413 if isinstance(exc, json_io.BodyTooLarge) else HTTP_STATUS.get(code, 500)
+def _error_body(failure: Failure, not_found: bool = False) -> dict[str, Any]:
+    status = HTTP_STATUS.get(failure.code, 500)
     kind = _ERROR_TYPES.get(status) or (
         "server_error" if status >= 500 else "invalid_request_error"
     )
-    error_code = "model_not_found" if isinstance(exc, ModelNotFoundError) else code.name.lower()
-    param = getattr(exc, "field", None)
-    return status, {"error": {"message": details, "type": kind, "param": param, "code": error_code}}
+    code = "model_not_found" if not_found else failure.code.name.lower()
+    error = {"message": failure.details, "type": kind, "param": failure.field, "code": code}
+    return {"error": error}
 
 
-def _failure(exc: BaseException) -> web.Response:
-    status, body = _error(exc)
-    return _json(body, status)
-
-
-_json = json_io.response
+def _refused(exc: Exception, where: str) -> web.Response:
+    """The answer to a request refused before it reached the pipeline."""
+    failure = fail(exc, where)
+    if isinstance(exc, json_io.BodyTooLarge):
+        return json_response(_error_body(failure), 413)
+    return _error(failure, not_found=isinstance(exc, ModelNotFoundError))
 
 
 def _event(data: Any) -> bytes:
     return b"data: " + json_io.dumps(data) + b"\n\n"
 
 
-def _caller(method: str, request: web.Request) -> Caller:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    return Caller(method, headers, request.remote or "")
+class _Events:
+    """A completion's server-sent events. Until the first text the call can still fail with
+    its own HTTP status; after it, a failure travels as an event, which OpenAI clients raise."""
+
+    def __init__(self, request: web.Request, call: _Request) -> None:
+        self.request, self.call = request, call
+        self.response: web.StreamResponse | None = None
+        self.failure: Failure | None = None
+
+    async def _prepared(self) -> web.StreamResponse:
+        if self.response is None:
+            self.response = web.StreamResponse(headers=_SSE_HEADERS)
+            await self.response.prepare(self.request)
+            if self.call.chat:
+                await self.response.write(_event(_role(self.call)))
+        return self.response
+
+    async def send(self, piece: Piece) -> None:
+        if isinstance(piece, Failure):
+            if self.response is None:
+                self.failure = piece
+            else:
+                await self.response.write(_event(_error_body(piece)))
+            return
+        await (await self._prepared()).write(_event(self.call.chunk(piece)))
+
+    async def finish(self, complete: bool) -> web.StreamResponse:
+        """End the events: with `stop` and `[DONE]` when `complete`, else after the error."""
+        if self.failure is not None:
+            return _error(self.failure)
+        response = await self._prepared()
+        if complete:
+            await response.write(_event(self.call.chunk(None, "stop")))
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
 
 class OpenAIRoutes:
@@ -154,27 +191,30 @@ class OpenAIRoutes:
         }
         self._policy = policy
 
-    async def _admitted(self, request: web.Request, method: str) -> None:
-        """The gate and middleware (auth) for a request that reaches no model."""
-        who = _caller(method, request)
-        async with self._policy.observed(RequestEvent(who.method, who.metadata, who.peer)):
-            pass
+    async def _admitted(self, request: web.Request, path: str, name: Any) -> _Served:
+        """The model `name` names; why not (unknown, or not a name) only once the gate and
+        middleware (auth) have admitted the request, so who may not call learns nothing."""
+        caller = http_caller(path)(None, request)
+        return await admitted_lookup(self._policy, caller, lambda: self._find(name))
 
     async def list_models(self, request: web.Request) -> web.Response:
         try:
-            await self._admitted(request, "/v1/models")
+            async with self._policy.observed(http_caller("/v1/models")(None, request)):
+                pass
         except Exception as exc:
-            return _failure(exc)
-        return _json({"object": "list", "data": [self._card(n) for n in self._served]})
+            return _refused(exc, "GET /v1/models")
+        return json_response({"object": "list", "data": [self._card(n) for n in self._served]})
 
     async def get_model(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
+        path = f"/v1/models/{name}"
         try:
-            await self._admitted(request, f"/v1/models/{name}")
-            self._find(name)
+            caller = http_caller(path)(None, request)
+            async with self._policy.observed(caller):
+                self._find(name)
         except Exception as exc:
-            return _failure(exc)
-        return _json(self._card(name))
+            return _refused(exc, f"GET {path}")
+        return json_response(self._card(name))
 
     def _card(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": "blazerpc"}
@@ -203,53 +243,41 @@ class OpenAIRoutes:
             body = json_io.loads(await json_io.read_body(request))
             if not isinstance(body, dict):
                 raise ValidationError("the body must be a JSON object")
-            name = body.get("model")
-            if not isinstance(name, str) or name not in self._served:
-                await self._admitted(request, path)  # who may not call learns nothing more
-            served = self._find(name)
-            call = _Request(body, served, chat)
+            served = await self._admitted(request, path, body.get("model"))
+            call = _Request(body, served, chat, f"{path}/{served.model.name}")
         except Exception as exc:
-            return _failure(exc)
-        texts = served.texts(call, partial(_caller, f"{path}/{served.model.name}", request))
-        async with aclosing(texts) as chunks:  # type: ignore[type-var]
-            # Until the first chunk the call can still fail with its own HTTP status.
-            try:
-                first = await anext(chunks, None)
-            except Exception as exc:
-                return _failure(exc)
+            return _refused(exc, f"POST {path}")
+        if not served.streaming:
+            piece = await served.call.unary(call, request)
+            if isinstance(piece, Failure):
+                return _error(piece)
             if not call.stream:
-                pieces = [first] if first is not None else []
-                try:
-                    pieces += [text async for text in chunks]
-                except Exception as exc:
-                    return _failure(exc)
-                return _json(call.whole("".join(pieces)))
-            return await self._events(request, call, first, chunks)
-
-    async def _events(
-        self, request: web.Request, call: _Request, first: str | None, rest: AsyncIterator[str]
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(headers=_SSE_HEADERS)
+                return json_response(call.whole(piece))
+            pieces: list[Piece] = [piece]
+        elif not call.stream:
+            pieces = []
+            await served.call.stream(call, request, _append(pieces))
+            if pieces and isinstance(pieces[-1], Failure):
+                return _error(pieces[-1])
+            return json_response(call.whole("".join(str(p) for p in pieces)))
+        events = _Events(request, call)
         try:
-            await response.prepare(request)
-            try:
-                if call.chat:
-                    await response.write(_event(_role(call)))
-                if first is not None:
-                    await response.write(_event(call.chunk(first)))
-                async for text in rest:
-                    await response.write(_event(call.chunk(text)))
-                await response.write(_event(call.chunk(None, "stop")))
-                await response.write(b"data: [DONE]\n\n")
-            except ConnectionResetError:
-                raise
-            except Exception as exc:
-                # Headers are gone: the error travels as an event, which OpenAI clients raise.
-                await response.write(_event(_error(exc)[1]))
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client left (before the headers, or between events); the model is closed
-        return response
+            if served.streaming:
+                complete = await served.call.stream(call, request, events.send)
+            else:
+                await events.send(pieces[0])
+                complete = True
+            return await events.finish(complete)
+        except (CallerGone, ConnectionResetError):
+            # the client left (before the headers, or between events); the model is closed
+            return events.response or web.StreamResponse()
+
+
+def _append(pieces: list[Piece]) -> Any:
+    async def append(piece: Piece) -> None:
+        pieces.append(piece)
+
+    return append
 
 
 def _role(call: _Request) -> dict[str, Any]:

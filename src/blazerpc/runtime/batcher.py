@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -76,10 +77,11 @@ class _Pending:
         key: Any,
         deadline: float | None,
         future: asyncio.Future[Any],
+        enqueued: float,
     ) -> None:
         self.kwargs, self.rows, self.key, self.deadline = kwargs, rows, key, deadline
         self.future = future
-        self.enqueued = time.perf_counter()
+        self.enqueued = enqueued
 
 
 class TensorStacking:
@@ -90,8 +92,8 @@ class TensorStacking:
         self.inputs = [f.name for f in entry.signature.params]
         self.axis = {
             f.name: f.type.dims[0]
-            for f in entry.signature.params  # type: ignore[union-attr]
-            if isinstance(f.type, Tensor)
+            for f in entry.signature.params
+            if isinstance(f.type, Tensor) and f.type.dims
         }
 
     def prepare(self, kwargs: dict[str, Any]) -> tuple[int, Any]:
@@ -164,7 +166,8 @@ class BatchObserver(Protocol):
 
 
 class Batcher:
-    """The queue and dispatcher of one model."""
+    """The queue and dispatcher of one model. `clock` (seconds) stamps arrivals, deadlines and
+    batch times; tests pass one they move by hand."""
 
     def __init__(
         self,
@@ -172,8 +175,10 @@ class Batcher:
         invoke: Invoke,
         settings: BatchSettings,
         observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.name = entry.name
+        self._clock = clock
         self.observer = observer
         self.plan = TensorStacking(entry) if entry.stacks_tensors else ListBatching(entry)
         self.settings = settings
@@ -220,8 +225,9 @@ class Batcher:
                 f"(max_queue_size={self.settings.max_queue_size}); retry with backoff",
             )
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        pending = _Pending(kwargs, rows, key, deadline, loop.create_future())
+        now = self._clock()
+        deadline = None if timeout is None else now + timeout
+        pending = _Pending(kwargs, rows, key, deadline, loop.create_future(), now)
         self.stats.requests += 1
         if not self._queue and self._running < self.settings.max_concurrent_batches:
             # Idle model: run at once in this task, no queue and no dispatcher hop.
@@ -251,11 +257,11 @@ class Batcher:
 
     async def _collect(self) -> list[_Pending]:
         """Wait (at most batch_timeout) while requests are still arriving, then take a batch."""
-        now = time.perf_counter()
+        now = self._clock()
         want = self._demand(now)
         give_up = now + self._timeout
         while len(self._queue) < want:
-            remaining = give_up - time.perf_counter()
+            remaining = give_up - self._clock()
             if remaining <= 0:
                 break
             self._wakeup.clear()
@@ -267,7 +273,7 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         """Up to max_batch_size rows of live, compatible requests, oldest first."""
-        now = time.perf_counter()
+        now = self._clock()
         batch: list[_Pending] = []
         rest: deque[_Pending] = deque()
         rows, key = 0, None
@@ -302,33 +308,50 @@ class Batcher:
         """One model call for the whole batch; every request gets its own result or error."""
         if not counted:
             self._running += 1
-        start = time.perf_counter()
-        stats = self.stats
+        start = self._clock()
         waits = [start - p.enqueued for p in batch]
+        self.stats.queue_seconds += sum(waits)
+        finish, deferred = partial(self._finished, len(batch), start, waits), False
         try:
-            stats.queue_seconds += sum(waits)
-            try:
-                results = self.plan.split(await self._invoke(self.plan.merge(batch)), batch)
-            except Exception as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                return
-            for p, result in zip(batch, results, strict=True):
-                if p.future.done():
-                    continue
-                if isinstance(result, Exception):
-                    p.future.set_exception(result)
-                else:
-                    p.future.set_result(result)
+            call = self._invoke(self.plan.merge(batch))
+            if asyncio.isfuture(call):  # in a thread
+                try:
+                    output = await asyncio.shield(call)
+                except asyncio.CancelledError:
+                    # A thread cannot be stopped: the call keeps its slot (and counts against
+                    # max_concurrent_batches) until it really returns.
+                    call.add_done_callback(lambda _: finish())
+                    deferred = True
+                    raise
+            else:  # a coroutine, which cancelling its caller stops
+                output = await call
+            results = self.plan.split(output, batch)
+        except Exception as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
         finally:
-            self._running -= 1
-            finished = time.perf_counter()
-            stats.batches += 1
-            stats.batch_sizes[len(batch)] += 1
-            stats.model_seconds += finished - start
-            if self.observer is not None:
-                self.observer.batch(len(batch), waits, finished - start)
-            self._last_size, self._last_finished = len(batch), finished
-            if self._queue:
-                self._wakeup.set()
+            if not deferred:
+                finish()
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(result, Exception):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    def _finished(self, size: int, start: float, waits: list[float]) -> None:
+        """Give back a batch's slot and account for it."""
+        self._running -= 1
+        finished = self._clock()
+        stats = self.stats
+        stats.batches += 1
+        stats.batch_sizes[size] += 1
+        stats.model_seconds += finished - start
+        if self.observer is not None:
+            self.observer.batch(size, waits, finished - start)
+        self._last_size, self._last_finished = size, finished
+        if self._queue:
+            self._wakeup.set()

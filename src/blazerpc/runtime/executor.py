@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
-Stream = Callable[[dict[str, Any]], AsyncIterator[Any]]
+Stream = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
 
 _EXHAUSTED = object()
 
@@ -48,7 +48,7 @@ class Executor:
             return lambda kwargs: func(**kwargs)
         return lambda kwargs: self._iterate_in_thread(func(**kwargs))
 
-    async def _iterate_in_thread(self, gen: Iterator[Any]) -> AsyncIterator[Any]:
+    async def _iterate_in_thread(self, gen: Iterator[Any]) -> AsyncGenerator[Any, None]:
         """Pull a sync generator one item per thread hop; on cancel, close it once it yields."""
         step: Future[Any] | None = None
         try:

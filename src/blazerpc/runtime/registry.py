@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Iterator
@@ -17,6 +18,21 @@ def rpc_name(model_name: str) -> str:
     return "".join(part.capitalize() for part in model_name.replace("-", "_").split("_"))
 
 
+@dataclass(frozen=True)
+class BatchOverrides:
+    """A model's own batching settings (`@app.model(..., max_batch_size=8)`); None keeps the
+    app's."""
+
+    max_batch_size: int | None = None
+    batch_timeout_ms: float | None = None
+    max_queue_size: int | None = None
+    max_concurrent_batches: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The settings this model overrides, by name."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 @dataclass
 class ModelEntry:
     """One registered model: what it is called, how it is invoked, and its wire signature."""
@@ -27,7 +43,7 @@ class ModelEntry:
     streaming: bool
     signature: Signature
     batched: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    batching: BatchOverrides = field(default_factory=BatchOverrides)
     openai: Any = None  # an OpenAIModel when served on the OpenAI-compatible endpoints
 
     @property
@@ -49,9 +65,9 @@ class ModelEntry:
         """Every input and the output are tensors whose leading axis has the same name (e.g.
         "batch"), so requests can be concatenated along it and the result split back by rows."""
         specs = [f.type for f in self.signature.params] + [self.signature.result.type]
-        if len(specs) < 2 or not all(isinstance(s, Tensor) and s.leading_symbolic for s in specs):
-            return False
-        return len({s.dims[0] for s in specs}) == 1  # type: ignore[union-attr,index]
+        leading = {s.dims[0] for s in specs if isinstance(s, Tensor) and s.dims}
+        symbolic = all(isinstance(s, Tensor) and s.leading_symbolic for s in specs)
+        return len(specs) >= 2 and symbolic and len(leading) == 1
 
 
 class ModelRegistry:
@@ -69,9 +85,9 @@ class ModelRegistry:
         streaming: bool = False,
         batched: bool = False,
         is_injected: Callable[[inspect.Parameter, Any], Any] | None = None,
-        **options: Any,
+        batching: BatchOverrides | None = None,
     ) -> ModelEntry:
-        """Check and record a model; `options` are its per-model batching overrides."""
+        """Check and record a model, with its own batching overrides if any."""
         where = f"model '{name}' ({getattr(func, '__qualname__', func)})"
         rpc = rpc_name(name)
         if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", rpc):
@@ -101,8 +117,9 @@ class ModelRegistry:
         signature = signature_of(
             func, streaming=streaming, batched=batched, is_injected=is_injected
         )
-        options = {k: v for k, v in options.items() if v is not None}
-        entry = ModelEntry(name, str(version), func, streaming, signature, batched, options)
+        entry = ModelEntry(
+            name, str(version), func, streaming, signature, batched, batching or BatchOverrides()
+        )
         self._models[name] = entry
         return entry
 

@@ -6,7 +6,7 @@ keyword arguments and back; how the model runs is decided here, once, at start-u
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from grpc import StatusCode
@@ -17,7 +17,7 @@ from .executor import Executor, Invoke
 from .registry import ModelEntry
 
 Predict = Callable[[dict[str, Any], "float | None"], Awaitable[Any]]
-Stream = Callable[[dict[str, Any]], AsyncIterator[Any]]
+Stream = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
 
 
 class ModelRunner:
@@ -72,10 +72,10 @@ class ModelRunner:
         return predict
 
     def _bounded_stream(self, stream: Stream) -> Stream:
-        def bounded(kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        def bounded(kwargs: dict[str, Any]) -> AsyncGenerator[Any, None]:
             self._admit()
             try:
-                return _Counted(stream(kwargs), self._release)
+                return Counted(stream(kwargs), self._release)
             except BaseException:
                 self._release()
                 raise
@@ -94,24 +94,21 @@ class ModelRunner:
             await self.batcher.stop()
 
 
-class _Counted:
-    """A model's chunk iterator that calls `release` once when it ends, fails or is closed.
+class Counted(AsyncGenerator[Any, None]):
+    """A model's chunk generator that calls `release` once when it ends, fails or is closed.
     It hands `athrow` on unchanged, so the model sees the exception thrown at its yield (a
     generator wrapped in another generator would see GeneratorExit instead)."""
 
     __slots__ = ("_chunks", "_release")
 
-    def __init__(self, chunks: AsyncIterator[Any], release: Callable[[], None]) -> None:
-        self._chunks: Any = chunks
+    def __init__(self, chunks: AsyncGenerator[Any, None], release: Callable[[], None]) -> None:
+        self._chunks = chunks
         self._release: Callable[[], None] | None = release
 
     def _done(self) -> None:
         if self._release is not None:
             self._release()
             self._release = None
-
-    def __aiter__(self) -> _Counted:
-        return self
 
     async def __anext__(self) -> Any:
         try:
@@ -120,9 +117,16 @@ class _Counted:
             self._done()
             raise
 
-    async def athrow(self, exc: BaseException) -> Any:
+    async def asend(self, value: None) -> Any:
         try:
-            return await self._chunks.athrow(exc)
+            return await self._chunks.asend(value)
+        except BaseException:
+            self._done()
+            raise
+
+    async def athrow(self, *args: Any) -> Any:
+        try:
+            return await self._chunks.athrow(*args)
         except BaseException:
             self._done()
             raise

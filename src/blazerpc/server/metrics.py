@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,8 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+
+from ..runtime.runner import Counted
 
 if TYPE_CHECKING:
     from ..runtime.runner import ModelRunner
@@ -111,7 +113,16 @@ def count_in_flight(runner: ModelRunner) -> None:
     gauge = prometheus_metrics().in_flight.labels(runner.entry.name)
     if runner.entry.streaming:
         stream = runner.stream
-        runner.stream = lambda kwargs: _CountedStream(stream(kwargs), gauge)
+
+        def counted_stream(kwargs: dict[str, Any]) -> AsyncGenerator[Any, None]:
+            gauge.inc()
+            try:
+                return Counted(stream(kwargs), gauge.dec)
+            except BaseException:
+                gauge.dec()
+                raise
+
+        runner.stream = counted_stream
         return
     predict = runner.predict
 
@@ -123,47 +134,6 @@ def count_in_flight(runner: ModelRunner) -> None:
             gauge.dec()
 
     runner.predict = counted
-
-
-class _CountedStream:
-    """A model's chunks, counted in flight from the first request until the stream ends. It
-    passes `athrow` and `aclose` through, so cancellation still reaches the model's generator."""
-
-    def __init__(self, chunks: AsyncIterator[Any], gauge: Any) -> None:
-        self._chunks: Any = chunks
-        self._gauge = gauge
-        self._counted = False
-
-    def __aiter__(self) -> _CountedStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        if not self._counted:
-            self._counted = True
-            self._gauge.inc()
-        try:
-            return await self._chunks.__anext__()
-        except BaseException:
-            self._done()
-            raise
-
-    async def athrow(self, *exc: Any) -> Any:
-        try:
-            return await self._chunks.athrow(*exc)
-        except BaseException:
-            self._done()
-            raise
-
-    async def aclose(self) -> None:
-        try:
-            await self._chunks.aclose()
-        finally:
-            self._done()
-
-    def _done(self) -> None:
-        if self._counted:
-            self._counted = False
-            self._gauge.dec()
 
 
 _serving: set[tuple[str, int]] = set()

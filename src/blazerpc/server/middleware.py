@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,6 @@ class OTelMetricsMiddleware(Middleware):
         self._duration.record(event.duration, {"method": event.method_name})
 
 
-def lower_keys(pairs: Sequence[tuple[str, str | bytes]] | None) -> dict[str, str]:
+def lower_keys(pairs: Iterable[tuple[str, str | bytes]] | None) -> dict[str, Any]:
     """gRPC metadata as a dict with lower-case keys (binary `-bin` values stay bytes)."""
-    return {k.lower(): v for k, v in pairs or ()}  # type: ignore[misc]
+    return {k.lower(): v for k, v in pairs or ()}

@@ -10,11 +10,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from ..protocols.kserve.messages import FILE as KSERVE_FILE
 from ..protocols.kserve.messages import SERVICE_NAME as KSERVE_SERVICE
 from ..schema import SERVICE_FULL_NAME, Schema
-from .decoding import DecodingInHandler
 from .health import SERVICE_NAME as HEALTH_SERVICE
 
 
-def enable_reflection(server: grpc.aio.Server | DecodingInHandler, schema: Schema) -> None:
+def enable_reflection(server: grpc.aio.Server, schema: Schema) -> None:
     """Serve reflection for the InferenceService, KServe v2, health and reflection itself."""
     files = [KSERVE_FILE]
     for module in (health_pb2, reflection_pb2):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ..exceptions import ConfigurationError
+from ..policy import CallPolicy
+from ..protocols.grpc_decoding import DecodingInHandler
 from ..protocols.http import HttpServer, start_http_server
 from ..protocols.kserve_grpc import add_kserve_service
 from ..runtime.batcher import BatchObserver, BatchSettings, BatchStats
@@ -20,10 +23,8 @@ from ..runtime.executor import Executor
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import SERVICE_FULL_NAME, Schema
-from .decoding import DecodingInHandler
 from .handlers import model_handlers
 from .health import NOT_SERVING, SERVING, Health
-from .policy import CallPolicy
 from .reflection import enable_reflection
 
 
@@ -97,6 +98,27 @@ class Limits:
 
 
 Hook = Callable[[], Awaitable[None]]
+Step = Callable[[], Awaitable[None] | None]
+logger = logging.getLogger("blazerpc.server")
+
+
+async def run_every(steps: Iterable[tuple[str, Step]]) -> None:
+    """Run each (name, step) in order, each even if an earlier one failed; then raise the
+    first failure (later ones are logged, so none goes unseen)."""
+    first: Exception | None = None
+    for name, step in steps:
+        try:
+            done = step()
+            if done is not None:
+                await done
+        except Exception as exc:
+            if first is None:
+                first = exc
+            else:
+                logger.error("%s failed too", name, exc_info=exc)
+    if first is not None:
+        raise first
+
 
 HEALTH_NOTICE_S = 0.5  # how long clients watching health get to see a drain before GOAWAY
 
@@ -142,29 +164,43 @@ class Server:
 
     async def stop(self, grace: float | None = 30.0) -> None:
         """Drain: report NOT_SERVING, refuse new calls with UNAVAILABLE, let calls in flight
-        (queued in a batch, running, streaming) finish within `grace` seconds, then cancel."""
+        (queued in a batch, running, streaming) finish within `grace` seconds, then cancel
+        them. `grace` None or 0: cancel at once (gRPC and HTTP alike). Every step runs even
+        if an earlier one fails; the first failure is raised at the end."""
         if self._stopped:
             return
         self._stopped = True
-        self._policy.gate.close("the server is shutting down")
         watched = self.health.watchers > 0
-        await self.health.set_all(NOT_SERVING, draining=True)
-        if watched:
-            # Clients balancing on health stop sending here once they read NOT_SERVING; until
-            # then their calls get the gate's UNAVAILABLE, which they retry elsewhere. Once
-            # grpcio's shutdown begins, a call arriving would end CANCELLED, never retried.
-            await asyncio.sleep(HEALTH_NOTICE_S if grace is None else min(HEALTH_NOTICE_S, grace))
-        try:
-            stopping = [self._grpc.stop(grace)]
-            if self._http is not None:
-                stopping.append(self._http.stop(grace))
-            await asyncio.gather(*stopping)
-        finally:
-            for runner in self.runners.values():
-                await runner.stop()
-            if self._on_stop is not None:
-                await self._on_stop()
-            self._executor.shutdown()
+        grace = grace or 0.0
+        await run_every(
+            [
+                (
+                    "closing the gate",
+                    lambda: self._policy.gate.close("the server is shutting down"),
+                ),
+                ("reporting NOT_SERVING", lambda: self.health.set_all(NOT_SERVING, draining=True)),
+                # Clients balancing on health stop sending here once they read NOT_SERVING;
+                # until then their calls get the gate's UNAVAILABLE, which they retry
+                # elsewhere. Once grpcio's shutdown begins, a call arriving would end
+                # CANCELLED, never retried.
+                (
+                    "giving health watchers notice",
+                    lambda: asyncio.sleep(min(HEALTH_NOTICE_S, grace)) if watched else None,
+                ),
+                ("draining calls in flight", lambda: self._drain(grace)),
+                *((f"stopping model '{n}'", r.stop) for n, r in self.runners.items()),
+                *([("the shut-down hooks", self._on_stop)] if self._on_stop is not None else []),
+                ("stopping the model threads", self._executor.shutdown),
+            ]
+        )
+
+    async def _drain(self, grace: float) -> None:
+        stopping = [self._grpc.stop(grace)]
+        if self._http is not None:
+            stopping.append(self._http.stop(grace))
+        for result in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
 
 
 async def start_server(
@@ -208,34 +244,42 @@ async def start_server(
         SERVICE_FULL_NAME, model_handlers(list(runners.values()), schema, policy)
     )
     health = Health()
-    decoding = DecodingInHandler(server)
+    decoding = DecodingInHandler(server).as_server()
     health_pb2_grpc.add_HealthServicer_to_server(health, decoding)
     add_kserve_service(decoding, runners, policy)
     if reflection:
         enable_reflection(decoding, schema)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if tls is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, tls.credentials())
-    except RuntimeError as exc:
-        raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
-    if bound == 0:
-        raise ConfigurationError(f"cannot listen on {address}")
     http = None
-    if http_port is not None:
-        http = await start_http_server(
-            runners,
-            policy,
-            host=host,
-            port=http_port,
-            max_body_bytes=limits.max_message_bytes,
-            max_json_bytes=limits.max_json_bytes,
-            max_jsonrpc_batch=limits.max_jsonrpc_batch,
-            reuse_port=reuse_port,
-            ssl_context=tls.ssl_context() if tls is not None else None,
-        )
+    try:
+        # HTTP first: a grpc.aio server that never started keeps its port until it is
+        # collected, while an HTTP server that did start can be stopped for certain.
+        if http_port is not None:
+            http = await start_http_server(
+                runners,
+                policy,
+                host=host,
+                port=http_port,
+                max_body_bytes=limits.max_message_bytes,
+                max_json_bytes=limits.max_json_bytes,
+                max_jsonrpc_batch=limits.max_jsonrpc_batch,
+                reuse_port=reuse_port,
+                ssl_context=tls.ssl_context() if tls is not None else None,
+            )
+        try:
+            if tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, tls.credentials())
+        except RuntimeError as exc:
+            raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
+        if bound == 0:
+            raise ConfigurationError(f"cannot listen on {address}")
+    except BaseException:  # nothing may stay bound or running: the HTTP port, the threads
+        if http is not None:
+            await http.stop(0)
+        executor.shutdown()
+        raise
     for runner in runners.values():
         runner.start()
     await server.start()

@@ -40,14 +40,14 @@ class ServeConfig:
     metrics_port: int | None = None
     max_message_mb: float | None = None
     reuse_port: bool = False
+    http_port: int | None = None
     reflection: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
-    limits: dict[str, float] = field(default_factory=dict)  # Limits fields set by flags
+    limits: dict[str, Any] = field(default_factory=dict)  # Limits fields set by flags
 
 
 def serve_process(config: ServeConfig, ready: Any = None) -> None:
     """Load the app and serve it in this process until SIGTERM or SIGINT."""
-    from ..cli import load_app, run  # the CLI owns importing the user's app
+    from ..launch import load_app, run
     from .middleware import MetricsMiddleware
 
     if multiprocessing.parent_process() is not None:
@@ -74,7 +74,7 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
             tls=config.tls,
             reuse_port=config.reuse_port,
             on_ready=ready.set if ready is not None else None,
-            **config.options,
+            http_port=config.http_port,
         )
 
     run(main())
@@ -93,14 +93,14 @@ def _drain_when_orphaned() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
         if os.getppid() != parent:  # it died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
-        return
+    else:
 
-    def watch() -> None:  # elsewhere: poll, as no parent-death signal exists
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
+        def watch() -> None:  # elsewhere: poll, as no parent-death signal exists
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, name="blazerpc-orphan-watch", daemon=True).start()
+        threading.Thread(target=watch, name="blazerpc-orphan-watch", daemon=True).start()
 
 
 def _leave_stuck_threads(wait_s: float = 1.0) -> None:
@@ -131,7 +131,7 @@ def supervise(config: ServeConfig, workers: int) -> int:
     """Run `workers` serving processes until a signal; returns the exit status."""
     ctx = multiprocessing.get_context("spawn")
     if config.metrics_port is None:  # BlazeApp(metrics_port=...): served here, for all workers
-        from ..cli import load_app
+        from ..launch import load_app
 
         app_metrics_port = load_app(config.app_path, config.app_dir).metrics_port
         config = replace(config, metrics_port=app_metrics_port)

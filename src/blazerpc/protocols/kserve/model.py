@@ -3,15 +3,13 @@ gRPC and REST adapters: its metadata, its input tensors by parameter name, its o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from grpc import StatusCode
 
+from ..._version import __version__
 from ...exceptions import ModelNotFoundError, RPCError, ValidationError
 from ...runtime.runner import ModelRunner
-from ...server.policy import CallPolicy
-from ..calls import Decode, ModelCalls, off_loop
 from .tensors import InputSpec, OutputSpec, Unsupported
 
 PLATFORM = "blazerpc"
@@ -22,8 +20,6 @@ EXTENSIONS = ["binary_tensor_data"]
 
 
 def server_metadata() -> dict[str, Any]:
-    from ... import __version__
-
     return {"name": "blazerpc", "version": __version__, "extensions": EXTENSIONS}
 
 
@@ -31,9 +27,9 @@ class KServeModel:
     """A model's KServe view. Models whose parameters or result have no tensor form (a
     dataclass, a dict) are listed but refuse KServe calls with UNIMPLEMENTED, saying why."""
 
-    def __init__(self, runner: ModelRunner, policy: CallPolicy) -> None:
+    def __init__(self, runner: ModelRunner) -> None:
         entry = runner.entry
-        self.calls = ModelCalls(runner, policy)
+        self.runner = runner
         self.name, self.version, self.streaming = entry.name, entry.version, entry.streaming
         self.unsupported: str | None = None
         self.inputs: dict[str, InputSpec] = {}
@@ -57,12 +53,6 @@ class KServeModel:
             )
         if self.unsupported is not None:
             raise RPCError(StatusCode.UNIMPLEMENTED, self.unsupported)
-
-    def decoder(self, decode: Callable[[], dict[str, Any]], payload_bytes: int) -> Decode:
-        """`decode`, off the event loop when it would split many BYTES elements there."""
-        if self.takes_bytes and payload_bytes > OFF_LOOP_BYTES:
-            return off_loop(decode)
-        return decode
 
     def check_unary(self, streaming_hint: str) -> None:
         if self.streaming:
@@ -124,8 +114,8 @@ class KServeModel:
         return {**self._defaults, **received}
 
 
-def kserve_models(runners: dict[str, ModelRunner], policy: CallPolicy) -> dict[str, KServeModel]:
-    return {name: KServeModel(runner, policy) for name, runner in runners.items()}
+def kserve_models(runners: dict[str, ModelRunner]) -> dict[str, KServeModel]:
+    return {name: KServeModel(runner) for name, runner in runners.items()}
 
 
 def find(models: dict[str, KServeModel], name: str, version: str) -> KServeModel:

@@ -3,9 +3,10 @@ checks them.
 
 A parameter is one input tensor of its own name and the result is the output `result`.
 Tensors keep their dtype and dims (a symbolic dim is -1 in metadata); Python scalars are
-shape [1] tensors and lists of scalars 1-D tensors; str and bytes travel as BYTES. Numeric data
-goes through codec's `decode_tensor` and `fill_tensor`, so dims, sizes and casts follow exactly
-the native rules whichever protocol carried the tensor.
+shape [1] tensors and lists of scalars 1-D tensors; str and bytes travel as BYTES. Datatype
+names come from the one dtype table in `types`; received numeric data, raw bytes or element
+lists alike, goes straight into an array checked by codec's `check_shape`, as native tensors
+are; a result is checked by `convert`, as on every protocol.
 """
 
 from __future__ import annotations
@@ -17,28 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ...codec import decode_tensor, fill_tensor
+from ...codec import tensor_from_bytes, tensor_from_elements
+from ...convert import converter, result_array
 from ...exceptions import ValidationError
-from ...types import Field, ListOf, MapOf, Scalar, Struct, Tensor
+from ...types import KSERVE_NAME_OF, Field, ListOf, MapOf, Scalar, Struct, Tensor
 from ..json_io import NON_FINITE
-from ..wire import WireTensor
 
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
-_SCALAR_DATATYPES = {bool: "BOOL", int: "INT64", float: "FP64", str: "BYTES", bytes: "BYTES"}
+BYTES = "BYTES"
+# The tensor dtype a Python scalar travels as; str and bytes travel as BYTES.
+_SCALAR_DTYPES = {bool: np.dtype("?"), int: np.dtype("<i8"), float: np.dtype("<f8")}
 
 # Where typed (non-raw) contents of each datatype live in InferTensorContents; FP16 has no
 # field, so it only ever travels raw.
@@ -76,7 +64,8 @@ def _describe(spec: Any) -> str:
 def split_bytes(data: bytes | memoryview, name: str, count: int | None = None) -> list[bytes]:
     """BYTES elements from their raw form: each a 4-byte little-endian length, then the bytes;
     with `count`, exactly that many, checked as they are read rather than after."""
-    view, items, pos = memoryview(data), [], 0
+    view, pos = memoryview(data), 0
+    items: list[bytes] = []
     while pos < len(view):
         if count is not None and len(items) == count:
             raise ValidationError(
@@ -104,14 +93,6 @@ def join_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
-def _utf8(value: Any) -> bytes:
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes):
-        return value
-    raise TypeError(f"a BYTES element must be str or bytes, got {type(value).__name__}")
-
-
 def _tensor_kind(spec: Any) -> tuple[str, type | None, Tensor]:
     """('tensor' | 'scalar' | 'list', the Python scalar type, the Tensor spec to check with)."""
     if isinstance(spec, Tensor):
@@ -124,8 +105,7 @@ def _tensor_kind(spec: Any) -> tuple[str, type | None, Tensor]:
 
 
 def _scalar_tensor(py: type) -> Tensor:
-    datatype = _SCALAR_DATATYPES[py]
-    return Tensor(DATATYPES.get(datatype), None)
+    return Tensor(_SCALAR_DTYPES.get(py), None)
 
 
 class _TensorForm:
@@ -134,11 +114,10 @@ class _TensorForm:
     def __init__(self, spec: Any) -> None:
         self._kind, self._py, self._tensor = _tensor_kind(spec)
         self._dtype = self._tensor.dtype
+        self.datatype = BYTES if self._dtype is None else KSERVE_NAME_OF[self._dtype]
         if self._kind == "tensor":
-            self.datatype = _DATATYPE_OF[self._dtype]
             self.shape = [-1 if isinstance(d, str) else d for d in self._tensor.dims or ()]
         else:
-            self.datatype = _SCALAR_DATATYPES[self._py]  # type: ignore[index]
             self.shape = [1] if self._kind == "scalar" else [-1]
 
 
@@ -154,7 +133,6 @@ class InputSpec(_TensorForm):
         self.name = field.name
         self.required = not field.has_default
         self.default = field.default
-        self._wire_dtype = self._tensor.wire_dtype
 
     def _check_datatype(self, datatype: str) -> None:
         if datatype != self.datatype:
@@ -169,8 +147,8 @@ class InputSpec(_TensorForm):
         if self._dtype is None:
             count = self._element_count(shape)
             return self._from_items(shape, split_bytes(data, self.name, count))
-        wire = WireTensor(shape, self._wire_dtype, data)  # type: ignore[arg-type]
-        return self._from_array(decode_tensor(wire, self._tensor, self.name), shape)
+        arr = tensor_from_bytes(data, self._dtype, shape, self._tensor, self.name)
+        return self._from_array(arr, shape)
 
     def from_values(self, datatype: str, shape: Sequence[int], values: Any) -> Any:
         """The argument from an element list: typed contents, or a JSON `data` array (nested
@@ -184,25 +162,18 @@ class InputSpec(_TensorForm):
             )
         if self._dtype is None:
             return self._from_items(shape, [_element(v, self.name) for v in _flat(values)])
-        arr = self._array(values, datatype)
-        expected = math.prod(shape)
-        if arr.size != expected:
-            raise ValidationError(
-                f"input '{self.name}': shape {list(shape)} needs {expected} elements, "
-                f"got {arr.size}",
-                field=self.name,
-            )
-        return self.from_raw(datatype, shape, arr.tobytes())
+        flat = self._array(values, self._dtype, datatype).reshape(-1)
+        return self._from_array(tensor_from_elements(flat, shape, self._tensor, self.name), shape)
 
-    def _array(self, values: Any, datatype: str) -> np.ndarray:
+    def _array(self, values: Any, dtype: np.dtype, datatype: str) -> np.ndarray:
         try:
             inferred = np.asarray(values)
-            if inferred.dtype.kind == "U" and self._dtype.kind == "f":  # type: ignore[union-attr]
+            if inferred.dtype.kind == "U" and dtype.kind == "f":
                 values = _non_finite(values)
                 inferred = np.asarray(values)
-            if inferred.size and inferred.dtype.kind not in _ACCEPTED_KINDS[self._dtype.kind]:  # type: ignore[union-attr]
+            if inferred.size and inferred.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
                 raise ValueError(f"{inferred.dtype.name} elements")
-            return np.asarray(values, dtype=self._dtype)
+            return np.asarray(values, dtype=dtype)
         except (ValueError, TypeError, OverflowError) as exc:
             raise ValidationError(
                 f"input '{self.name}': data does not fit datatype {datatype}: {exc}",
@@ -210,7 +181,7 @@ class InputSpec(_TensorForm):
             ) from None
 
     def _check_count(self, shape: Sequence[int], count: int) -> None:
-        what = f"a {self._py.__name__}" if self._kind == "scalar" else "a list"  # type: ignore[union-attr]
+        what = "a list" if self._py is None or self._kind == "list" else f"a {self._py.__name__}"
         form = "of shape [1]" if self._kind == "scalar" else "of one dimension"
         if (self._kind == "scalar" and count != 1) or (self._kind == "list" and len(shape) != 1):
             raise ValidationError(
@@ -245,14 +216,15 @@ class InputSpec(_TensorForm):
                 field=self.name,
             )
         self._check_count(shape, len(items))
+        values: list[Any] = items
         if self._py is str:
             try:
-                items = [item.decode() for item in items]  # type: ignore[misc]
+                values = [item.decode() for item in items]
             except UnicodeDecodeError as exc:
                 raise ValidationError(
                     f"input '{self.name}': a str must be UTF-8: {exc}", field=self.name
                 ) from None
-        return items[0] if self._kind == "scalar" else items
+        return values[0] if self._kind == "scalar" else values
 
 
 def _non_finite(values: Any) -> Any:
@@ -278,10 +250,18 @@ def _flat(values: Any) -> list[Any]:
 
 
 def _element(value: Any, name: str) -> bytes:
-    try:
-        return _utf8(value)
-    except TypeError as exc:
-        raise ValidationError(f"input '{name}': {exc}", field=name) from None
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    raise ValidationError(
+        f"input '{name}': a BYTES element must be str or bytes, got {type(value).__name__}",
+        field=name,
+    )
+
+
+# A result ready to send: a numeric array, or the elements of a BYTES tensor.
+Encoded = np.ndarray | list[bytes]
 
 
 class OutputSpec(_TensorForm):
@@ -294,20 +274,24 @@ class OutputSpec(_TensorForm):
             super().__init__(field.type)
         except Unsupported as exc:
             raise Unsupported(f"its result is {exc}") from None
+        # A tensor has no null: a None result is wrong here even where it is Optional.
+        self._check = converter(field.type, field.name)
 
-    def encode(self, value: Any) -> tuple[list[int], bytes]:
-        """The result's shape and raw bytes (the protocol's canonical form)."""
+    def encode(self, value: Any) -> tuple[list[int], Encoded]:
+        """The result's shape and data, checked by `convert` as on every protocol."""
         if self._kind == "tensor":
-            wire = WireTensor([])
-            fill_tensor(wire, value, self._tensor)
-            return list(wire.shape), bytes(wire.data)
-        items = [value] if self._kind == "scalar" else list(value)
+            arr = result_array(value, self._tensor, self.name)
+            return list(arr.shape), arr
+        checked = self._check(value)
+        items = [checked] if self._kind == "scalar" else checked
         if self._dtype is None:
-            return [len(items)], join_bytes([_utf8(v) for v in items])
-        return [len(items)], np.asarray(items, dtype=self._dtype).tobytes()
+            return [len(items)], [v.encode() if isinstance(v, str) else v for v in items]
+        return [len(items)], np.asarray(items, dtype=self._dtype)
 
-    def elements(self, data: bytes) -> list[Any]:
-        """The flat element list of raw `data`, for typed contents and JSON."""
-        if self._dtype is None:
-            return split_bytes(data, self.name)  # type: ignore[return-value]
-        return np.frombuffer(data, self._dtype).tolist()
+    def raw(self, data: Encoded) -> bytes:
+        """The protocol's raw form: little-endian bytes, or length-prefixed BYTES elements."""
+        return data.tobytes() if isinstance(data, np.ndarray) else join_bytes(data)
+
+    def elements(self, data: Encoded) -> list[Any]:
+        """The flat element list, for typed contents and JSON."""
+        return data.reshape(-1).tolist() if isinstance(data, np.ndarray) else data

@@ -13,10 +13,10 @@ from typing import Any
 
 from grpc import StatusCode
 
-from ..exceptions import RPCError, status_of
-from .middleware import Middleware, RequestEvent, ResponseEvent
+from .exceptions import RPCError, status_of
+from .server.middleware import Middleware, RequestEvent, ResponseEvent
 
-logger = logging.getLogger("blazerpc.server")
+logger = logging.getLogger("blazerpc.calls")
 
 
 class Gate:
@@ -45,12 +45,19 @@ class CallPolicy:
     app_state: Any = None
 
     @asynccontextmanager
-    async def observed(self, event: RequestEvent, *, gated: bool = True) -> AsyncIterator[None]:
+    async def observed(
+        self, event: RequestEvent | None, *, gated: bool = True
+    ) -> AsyncIterator[None]:
         """The gate and middleware around one call: `on_request` in order (any may reject it),
         then the call, then `on_response` in reverse order with the status it ended with.
-        Calls that only ask about the server (metadata, readiness) pass `gated=False`: they
-        are answered while starting and draining too, but still only to whom middleware
-        admits."""
+        `event` may be None only where there is no middleware to see it. Calls that only ask
+        about the server (metadata, readiness) pass `gated=False`: they are answered while
+        starting and draining too, but still only to callers the middleware admits."""
+        if event is None or not self.middleware:
+            if gated:
+                self.gate.admit()
+            yield
+            return
         start, status = time.perf_counter(), StatusCode.OK
         try:
             if gated:

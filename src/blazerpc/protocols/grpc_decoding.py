@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,11 +25,16 @@ class DecodingInHandler:
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
 
+    def as_server(self) -> grpc.aio.Server:
+        """This stand-in, typed as what registration functions take: they only ever call the
+        two methods below."""
+        return cast(grpc.aio.Server, self)
+
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers([_GenericDecoding(h) for h in handlers])
 
     def add_registered_method_handlers(
-        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         self._server.add_registered_method_handlers(
             service, {name: decoding_in_handler(h) for name, h in handlers.items()}
@@ -40,7 +45,7 @@ class _GenericDecoding(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler) -> None:
         self._inner = inner
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = self._inner.service(details)
         return None if handler is None else decoding_in_handler(handler)
 
@@ -56,7 +61,9 @@ async def _decode(deserialize: Deserialize, data: bytes, context: Any) -> Any:
         )
 
 
-def decoding_in_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def decoding_in_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` taking raw bytes and decoding them itself; unchanged if it has no decoder."""
     deserialize = handler.request_deserializer
     streams = ("stream_" if handler.request_streaming else "unary_") + (
@@ -99,4 +106,6 @@ def decoding_in_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler
             return await behavior(await _decode(deserialize, data, context), context)
 
         wrapped = unary_in
-    return handler._replace(request_deserializer=None, **{streams: wrapped})
+    # grpc's handlers are namedtuples, which its type stubs do not say
+    replaced = cast(Any, handler)._replace(request_deserializer=None, **{streams: wrapped})
+    return cast("grpc.RpcMethodHandler[Any, Any]", replaced)

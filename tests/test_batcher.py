@@ -1,0 +1,265 @@
+"""The Batcher on its own: no server, no sockets; a fake model and, where time matters, a
+clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+from grpc import StatusCode
+
+from blazerpc import RPCError, TensorInput, TensorOutput
+from blazerpc.runtime.batcher import Batcher, BatchSettings
+from blazerpc.runtime.executor import Executor
+from blazerpc.runtime.registry import ModelEntry, ModelRegistry
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_cancelled_caller_keeps_its_thread_slot_until_the_model_returns() -> None:
+    release, lock = threading.Event(), threading.Lock()
+    running = peak = 0
+
+    def model(x: list[int]) -> list[int]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(10)
+        with lock:
+            running -= 1
+        return x
+
+    entry = ModelRegistry().register("m", model, batched=True)
+    executor = Executor(4)
+    settings = BatchSettings(max_batch_size=1, max_concurrent_batches=1)
+    batcher = Batcher(entry, executor.invoker(model), settings)
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit({"x": 1}))
+        await _until(lambda: running == 1)
+        first.cancel()  # the idle fast path ran it in this task; its thread runs on
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        second = asyncio.create_task(batcher.submit({"x": 2}))
+        await asyncio.sleep(0.2)
+        assert peak == 1, "a second model call ran while the first still held the only slot"
+        assert not second.done()
+        release.set()
+        assert await asyncio.wait_for(second, 5) == 2
+        assert peak == 1
+        assert batcher.stats.batches == 2
+    finally:
+        release.set()
+        await batcher.stop()
+        executor.shutdown()
+
+
+class Clock:
+    """Seconds that only move when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class GatedModel:
+    """An async fake model: records each call's inputs, and holds every call until `open()`,
+    so requests pile up in the queue behind the first while the test looks on."""
+
+    def __init__(self, output: Callable[[dict[str, Any]], Any]) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.running = self.peak = 0
+        self._gate = asyncio.Event()
+        self._output = output
+
+    def open(self) -> None:
+        self._gate.set()
+
+    async def __call__(self, kwargs: dict[str, Any]) -> Any:
+        self.calls.append(kwargs)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self._gate.wait()
+        finally:
+            self.running -= 1
+        return self._output(kwargs)
+
+
+def tensor_entry() -> ModelEntry:
+    def rows(x: TensorInput[np.float32, "batch", "n"]) -> TensorOutput[np.float32, "batch", "n"]:
+        return x
+
+    return ModelRegistry().register("rows", rows)
+
+
+def list_entry() -> ModelEntry:
+    def double(n: list[int]) -> list[int]:
+        return [2 * v for v in n]
+
+    return ModelRegistry().register("double", double, batched=True)
+
+
+@asynccontextmanager
+async def batching(
+    entry: ModelEntry, model: GatedModel, clock: Clock | None = None, **settings: Any
+) -> AsyncIterator[Batcher]:
+    batcher = Batcher(entry, model, BatchSettings(**settings), clock=clock or Clock())
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        model.open()
+        await batcher.stop()
+
+
+async def _queued(batcher: Batcher, depth: int) -> None:
+    await _until(lambda: batcher.queue_depth == depth)
+
+
+async def test_requests_share_a_batch_only_with_requests_of_their_shape() -> None:
+    model = GatedModel(lambda kwargs: kwargs["x"])
+    async with batching(tensor_entry(), model, max_batch_size=8) as batcher:
+        first = asyncio.create_task(batcher.submit({"x": np.ones((1, 4), np.float32)}))
+        await _until(lambda: model.running == 1)  # the idle model took it at once
+        shapes = [(2, 4), (1, 3), (3, 4), (1, 3)]
+        rest = [
+            asyncio.create_task(batcher.submit({"x": np.full(s, i, np.float32)}))
+            for i, s in enumerate(shapes)
+        ]
+        await _queued(batcher, 4)
+        model.open()
+        results = await asyncio.gather(first, *rest)
+    # the 4-wide requests went in one call (5 rows), the 3-wide in another (2 rows)
+    assert [call["x"].shape for call in model.calls] == [(1, 4), (5, 4), (2, 3)]
+    for result, shape, i in zip(results[1:], shapes, range(4), strict=True):
+        assert result.shape == shape
+        assert (result == i).all()  # each caller gets its own rows back
+    assert batcher.stats.batch_sizes == {1: 1, 2: 2}
+
+
+async def test_a_batch_holds_at_most_max_batch_size_rows() -> None:
+    model = GatedModel(lambda kwargs: kwargs["x"])
+    async with batching(tensor_entry(), model, max_batch_size=4) as batcher:
+        first = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}))
+        await _until(lambda: model.running == 1)
+        rest = [
+            asyncio.create_task(batcher.submit({"x": np.full((rows, 2), rows, np.float32)}))
+            for rows in (3, 2, 2, 1)
+        ]
+        await _queued(batcher, 4)
+        model.open()
+        await asyncio.gather(first, *rest)
+    # Oldest first, and a request too big for what is left waits while a smaller one fills it.
+    assert [call["x"][:, 0].tolist() for call in model.calls[1:]] == [
+        [3, 3, 3, 1],
+        [2, 2, 2, 2],
+    ]
+
+
+async def test_a_request_whose_deadline_passed_in_the_queue_never_reaches_the_model() -> None:
+    clock = Clock()
+    model = GatedModel(lambda kwargs: kwargs["n"])
+    async with batching(list_entry(), model, clock) as batcher:
+        busy = asyncio.create_task(batcher.submit({"n": 1}))
+        await _until(lambda: model.running == 1)
+        late = asyncio.create_task(batcher.submit({"n": 2}, timeout=0.5))
+        patient = asyncio.create_task(batcher.submit({"n": 3}, timeout=60))
+        await _queued(batcher, 2)
+        clock.now += 1.0  # past the first one's deadline, well within the second's
+        model.open()
+        with pytest.raises(RPCError) as info:
+            await late
+        assert info.value.code is StatusCode.DEADLINE_EXCEEDED
+        assert await busy == 1
+        assert await patient == 3
+    assert [call["n"] for call in model.calls] == [[1], [3]]
+    assert batcher.stats.dropped == 1
+
+
+async def test_a_cancelled_request_is_dropped_from_the_queue() -> None:
+    model = GatedModel(lambda kwargs: kwargs["n"])
+    async with batching(list_entry(), model) as batcher:
+        busy = asyncio.create_task(batcher.submit({"n": 1}))
+        await _until(lambda: model.running == 1)
+        gone = asyncio.create_task(batcher.submit({"n": 2}))
+        kept = asyncio.create_task(batcher.submit({"n": 3}))
+        await _queued(batcher, 2)
+        gone.cancel()
+        await asyncio.sleep(0)
+        model.open()
+        assert await busy == 1
+        assert await kept == 3
+        assert gone.cancelled()
+    assert [call["n"] for call in model.calls] == [[1], [3]]
+    assert batcher.stats.dropped == 1
+
+
+async def test_concurrent_batches_never_exceed_the_setting_and_all_slots_come_back() -> None:
+    model = GatedModel(lambda kwargs: kwargs["n"])
+    async with batching(list_entry(), model, max_batch_size=1, max_concurrent_batches=2) as batcher:
+        calls = [asyncio.create_task(batcher.submit({"n": i})) for i in range(6)]
+        await _until(lambda: model.running == 2)
+        await asyncio.sleep(0.05)
+        assert model.running == 2 and batcher.queue_depth == 4
+        model.open()
+        assert await asyncio.gather(*calls) == list(range(6))
+        assert model.peak == 2
+        assert batcher._running == 0
+        assert batcher.stats.batches == 6
+
+
+async def test_a_full_queue_refuses_at_once_with_resource_exhausted() -> None:
+    model = GatedModel(lambda kwargs: kwargs["n"])
+    async with batching(list_entry(), model, max_queue_size=2) as batcher:
+        busy = asyncio.create_task(batcher.submit({"n": 0}))
+        await _until(lambda: model.running == 1)
+        queued = [asyncio.create_task(batcher.submit({"n": i})) for i in (1, 2)]
+        await _queued(batcher, 2)
+        with pytest.raises(RPCError) as info:
+            await batcher.submit({"n": 3})
+        assert info.value.code is StatusCode.RESOURCE_EXHAUSTED
+        assert batcher.stats.rejected == 1
+        model.open()
+        assert await asyncio.gather(busy, *queued) == [0, 1, 2]
+
+
+async def test_a_model_failure_reaches_every_request_of_its_batch() -> None:
+    def broken(kwargs: dict[str, Any]) -> Any:
+        raise ValueError("weights missing")
+
+    model = GatedModel(broken)
+    async with batching(list_entry(), model) as batcher:
+        calls = [asyncio.create_task(batcher.submit({"n": i})) for i in range(3)]
+        await _queued(batcher, 2)
+        model.open()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert [str(r) for r in results] == ["weights missing"] * 3
+    assert batcher._running == 0
+
+
+async def test_an_idle_model_waits_for_no_one_and_a_busy_one_waits_for_its_last_batch() -> None:
+    clock = Clock()
+    model = GatedModel(lambda kwargs: kwargs["n"])
+    model.open()
+    async with batching(list_entry(), model, clock, batch_timeout_ms=10_000) as batcher:
+        # idle: runs at once, in the caller's task, whatever batch_timeout_ms says
+        assert await asyncio.wait_for(batcher.submit({"n": 1}), 1) == 1
+        clock.now += 60  # idle for a minute: demand falls back to one request
+        assert batcher._demand(clock.now) == 1
+        batcher._last_size, batcher._last_finished = 3, clock.now
+        assert batcher._demand(clock.now) == 3  # a batch of 3 just ended: expect them back
