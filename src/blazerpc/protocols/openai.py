@@ -163,7 +163,8 @@ class _Events:
             else:
                 await self.response.write(_event(_error_body(piece)))
             return
-        await (await self._prepared()).write(_event(self.call.chunk(piece)))
+        response = self.response if self.response is not None else await self._prepared()
+        await response.write(_event(self.call.chunk(piece)))
 
     async def finish(self, complete: bool) -> web.StreamResponse:
         """End the events: with `stop` and `[DONE]` when `complete`, else after the error."""
@@ -270,7 +271,7 @@ class OpenAIRoutes:
             return await events.finish(complete)
         except (CallerGone, ConnectionResetError):
             # the client left (before the headers, or between events); the model is closed
-            return events.response or web.StreamResponse()
+            return events.response if events.response is not None else web.StreamResponse()
 
 
 def _append(pieces: list[Piece]) -> Any:
