@@ -39,16 +39,23 @@ async def serve(host: str, port: int, gen_dir: Path) -> None:
 
 
 def main(serve: Callable[[str, int, Path], Coroutine[Any, Any, None]] = serve) -> None:
-    """`--host --port --gen-dir`, then serve on uvloop when installed (as BlazeRPC does)."""
+    """`--host --port --gen-dir [--loop]`, then serve on uvloop when installed (as BlazeRPC
+    does) unless `--loop asyncio` asks for the loop a plain grpcio install has."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--gen-dir", type=Path, required=True, help="protoc output for the proto")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     args = parser.parse_args()
     coro = serve(args.host, args.port, args.gen_dir)
+    if args.loop == "asyncio":
+        asyncio.run(coro)
+        return
     try:
         import uvloop
     except ImportError:
+        if args.loop == "uvloop":
+            raise
         asyncio.run(coro)
     else:
         uvloop.run(coro)

@@ -37,6 +37,8 @@ LOG_DIR = WORK_DIR / "logs"
 RESULTS_PATH = BENCH_DIR / "RESULTS.md"
 REFERENCE_VENV = WORK_DIR / "refvenv"
 REFERENCE_VERSION = "2.2.1"
+PYTRITON_VENV = WORK_DIR / "pytriton-venv"
+PYTRITON_PYTHON = "/usr/bin/python3.11"  # Triton's Python stub is built for Debian's 3.11
 HOST = "127.0.0.1"
 APP = "benchmarks.apps:app"
 
@@ -125,11 +127,43 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     log_path: Path
 
+    def pids(self) -> list[int]:
+        """The server's processes: its own and any it started (PyTriton runs Triton and a
+        Python stub beside its script), all in the process group `running` gave it."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                    if int(fields[2]) == self.process.pid:  # field 5 of proc(5): pgrp
+                        pids.append(int(entry.name))
+        return pids
+
     def cpu_seconds(self) -> float:
-        """User+system CPU of the server process, all threads: cost per call, whatever the load."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+        """User+system CPU of the server's processes, all threads: cost per call, whatever
+        the load."""
+        ticks = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def reset_peak_rss(self) -> None:
+        """Start a new peak-RSS window (proc(5): writing 5 to clear_refs resets VmHWM)."""
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory since the last `reset_peak_rss`, summed over the processes."""
+        kb = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        kb += int(line.split()[1])
+        return kb / 1024
 
 
 def _wait_for_port(server: RunningServer, timeout: float = 60.0) -> None:
@@ -237,6 +271,21 @@ def ensure_reference_venv() -> Path:
             blaze.unlink(missing_ok=True)  # so the next run retries
             raise RuntimeError(f"{shlex.join(pip)} failed:\n{done.stdout}\n{done.stderr}")
     return REFERENCE_VENV
+
+
+def ensure_pytriton_venv() -> Path:
+    """A venv of Debian's python3.11 with `nvidia-pytriton` from PyPI, made on first use."""
+    python = PYTRITON_VENV / "bin" / "python"
+    marker = PYTRITON_VENV / ".installed"
+    if not marker.exists():
+        print(f"creating {PYTRITON_VENV} with nvidia-pytriton", file=sys.stderr)
+        subprocess.run([PYTRITON_PYTHON, "-m", "venv", "--clear", str(PYTRITON_VENV)], check=True)
+        pip = [str(PYTRITON_VENV / "bin" / "pip"), "install", "nvidia-pytriton"]
+        done = subprocess.run(pip, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{shlex.join(pip)} failed:\n{done.stdout}\n{done.stderr}")
+        marker.touch()
+    return python
 
 
 # --------------------------------------------------------------------------- h2load

@@ -797,6 +797,19 @@ class Recorder(Middleware):
         self.responses.append(event)
 
 
+async def test_a_cheap_sync_model_reading_a_stream_stays_in_a_thread() -> None:
+    # A cheap plain `def` model is moved onto the loop after enough fast calls; one reading a
+    # stream must never be: its every item is fetched by the loop it would be blocking.
+    seen = Seen()
+    app = stream_app(seen)
+    app.inline_limit_us = 1e6  # every call counts as cheap
+    async with running(app) as server, BlazeClient("127.0.0.1", server.port) as client:
+        for _ in range(2 * 32):
+            assert await asyncio.wait_for(client.predict("sync-total", numbers=[1]), 10) == 1
+            assert seen.thread.startswith("blazerpc-model")
+            assert server.modes()["sync-total"] == "threads"
+
+
 async def test_middleware_sees_one_request_event_per_call() -> None:
     recorder = Recorder()
     seen = Seen()

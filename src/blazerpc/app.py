@@ -67,6 +67,7 @@ class BlazeApp:
         max_queue_size: int = 1024,
         max_message_mb: float = 64,
         max_threads: int | None = None,
+        inline_limit_us: float = 100.0,
         metrics_port: int | None = None,
         reflection: bool = True,
         lifespan: Lifespan | None = None,
@@ -79,6 +80,8 @@ class BlazeApp:
         self.middleware = list(middleware or [])
         self.limits = Limits(max_message_bytes=int(max_message_mb * 1024 * 1024))
         self.max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
+        # Plain `def` models whose calls stay under this run on the loop (runtime/executor.py).
+        self.inline_limit_us = inline_limit_us
         self.metrics_port = metrics_port
         self.reflection = reflection
         self.registry = ModelRegistry()
@@ -247,6 +250,7 @@ class BlazeApp:
                     if (settings := self.batch_settings(m)) is not None
                 },
                 max_threads=self.max_threads,
+                inline_limit_s=self.inline_limit_us / 1e6,
                 max_in_flight={
                     m.name: m.batching.max_queue_size or self.max_queue_size for m in self.registry
                 },

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,9 @@ import typer
 from .app import BlazeApp
 from .deploy.cli import deploy
 from .exceptions import ConfigurationError
-from .launch import load_app, usage_error
+from .launch import Loop, load_app, resolve_loop, usage_error
 from .launch import run as run  # re-exported: `blazerpc.cli.run` predates launch.py
+from .runtime.registry import ModelEntry
 from .schema import FILE_NAME
 from .server.server import ServerTLS
 from .server.workers import ServeConfig, serve_process, serve_with_reload, supervise
@@ -45,6 +47,7 @@ def banner(
     workers: int = 1,
     tls: bool = False,
     http_port: int | None = None,
+    loop: Loop = Loop.asyncio,
     reflection: bool = True,
 ) -> str:
     """Each model with its version and how it runs, then where the server listens."""
@@ -59,15 +62,27 @@ def banner(
             mode = f"unary, batched (up to {settings.max_batch_size})"
         else:
             mode = "unary"
-        lines.append(f"  {m.name:<24} v{m.version:<6} {mode}")
+        lines.append(f"  {m.name:<24} v{m.version:<6} {mode}, {_runs_where(m, app)}")
     scheme = "gRPC with TLS" if tls else "gRPC"
     procs = f", {workers} workers" if workers > 1 else ""
     services = "health and reflection enabled" if reflection else "health enabled, reflection off"
-    lines.append(f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; {services})")
+    lines.append(
+        f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; {services}; "
+        f"{loop.value} event loop)"
+    )
     if http_port is not None:
         http = "HTTPS" if tls else "HTTP"
         lines.append(f"{http} on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
     return "\n".join(lines)
+
+
+def _runs_where(entry: ModelEntry, app: BlazeApp) -> str:
+    """Where calls run (runtime/executor.py); `server.modes()` says where they run now."""
+    if inspect.iscoroutinefunction(entry.func) or inspect.isasyncgenfunction(entry.func):
+        return "on the event loop"
+    if entry.streaming or app.inline_limit_us <= 0:
+        return "in threads"
+    return f"in threads, inline on the loop while calls take < {app.inline_limit_us:g} µs"
 
 
 @cli.command()
@@ -114,6 +129,9 @@ def serve(
     reflection: Annotated[
         bool, typer.Option(help="Serve gRPC reflection (it lists every model, without auth)")
     ] = True,
+    loop: Annotated[
+        Loop, typer.Option(help="Event loop: uvloop when installed (auto), or asyncio's own")
+    ] = Loop.auto,
 ) -> None:
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
     if reload and workers > 1:
@@ -142,9 +160,14 @@ def serve(
             keepalive_time_s=keepalive_time,
             keepalive_timeout_s=keepalive_timeout,
         ),
+        loop=loop.value,
     )
     app = load_app(app_path, app_dir)  # fail fast, in this process, on a bad import string
     reflection = reflection and app.reflection
+    try:
+        chosen = resolve_loop(loop)
+    except ConfigurationError as exc:
+        raise usage_error(str(exc)) from None
     typer.echo(
         banner(
             app,
@@ -154,6 +177,7 @@ def serve(
             tls=tls is not None,
             http_port=http_port,
             reflection=reflection,
+            loop=chosen,
         )
     )
     try:

@@ -7,6 +7,7 @@ numpy views of the received bytes, checked against the declared dtype and dims.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -62,16 +63,29 @@ def check_shape(shape: Sequence[int], spec: Tensor, path: str) -> tuple[int, ...
     """The one check of a received tensor's shape, whichever protocol carried it: no negative
     dimension, and the declared number of dimensions and fixed sizes."""
     shape = tuple(shape)
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise ValidationError(
             f"field '{path}': expected non-negative dimensions, got shape {list(shape)}",
             field=path,
         )
-    if spec.dims is not None:
+    if spec.dims is not None and not _dims_match(spec.dims)(shape):
         problem = dims_problem(shape, spec.dims)
         if problem is not None:
             raise ValidationError(f"field '{path}': {problem}", field=path)
     return shape
+
+
+@functools.cache
+def _dims_match(dims: tuple[int | str, ...]) -> Callable[[tuple[int, ...]], bool]:
+    """A fast yes for a shape that fits `dims`, built once per declaration: the rank, then the
+    fixed sizes compared in one C call (`dims_problem` words the answer when it is no)."""
+    rank = len(dims)
+    fixed = [(axis, size) for axis, size in enumerate(dims) if isinstance(size, int)]
+    if not fixed:
+        return lambda shape: len(shape) == rank
+    get = operator.itemgetter(*(axis for axis, _ in fixed))
+    sizes = fixed[0][1] if len(fixed) == 1 else tuple(size for _, size in fixed)
+    return lambda shape: len(shape) == rank and get(shape) == sizes
 
 
 def tensor_from_bytes(
@@ -267,6 +281,7 @@ class Codec:
         self.cls = cls
         self.fields = fields
         self._fill = _message_filler(fields)
+        self._fill_first = _filler(fields[0].type, fields[0].name) if fields else None
         # Messages of scalars, and lists and maps of them, go through protobuf's own constructor.
         self._constructor_ok = all(_is_plain(f.type) for f in fields)
         read = _message_reader(fields)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from .app import BlazeApp
+from .exceptions import ConfigurationError
 
 
 def usage_error(message: str) -> typer.Exit:
@@ -44,13 +47,31 @@ def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
     return app
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (a faster loop for the same code), else asyncio."""
-    runner: Callable[[Coroutine[Any, Any, None]], None]
-    try:
+class Loop(str, Enum):
+    """The event loop to serve on; `auto` is uvloop when installed, else asyncio's own."""
+
+    auto = "auto"
+    asyncio = "asyncio"
+    uvloop = "uvloop"
+
+
+def resolve_loop(loop: Loop) -> Loop:
+    """`auto` made concrete; uvloop asked for but not installed is a ConfigurationError."""
+    if loop is Loop.asyncio:
+        return loop
+    if importlib.util.find_spec("uvloop") is None:
+        if loop is Loop.uvloop:
+            raise ConfigurationError("--loop uvloop needs uvloop: pip install 'blazerpc[fast]'")
+        return Loop.asyncio
+    return Loop.uvloop
+
+
+def run(coro: Coroutine[Any, Any, None], loop: Loop = Loop.auto) -> None:
+    """Run on the chosen loop; uvloop runs the same code with less per-call overhead. The
+    import is outside any except block, so no chained ImportError reaches a traceback."""
+    if resolve_loop(loop) is Loop.uvloop:
         import uvloop
-    except ImportError:
-        runner = asyncio.run  # called outside the except: no chained ImportError in tracebacks
+
+        uvloop.run(coro)
     else:
-        runner = uvloop.run
-    runner(coro)
+        asyncio.run(coro)

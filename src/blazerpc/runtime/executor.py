@@ -1,16 +1,29 @@
-"""Runs model functions without ever blocking the event loop.
+"""Runs model functions without ever letting a slow one block the event loop.
 
-Coroutine functions and async generators run on the loop; plain functions and plain generators
-run in one bounded thread pool, a generator item by item, so a sleeping generator holds a
-thread, never the loop.
+Coroutine functions and async generators run on the loop. Plain generators run in one bounded
+thread pool, item by item, so a sleeping generator holds a thread, never the loop.
+
+Plain functions start in the pool too, where each call is timed. Once a model's recent calls
+have all been cheaper than the hop to a thread costs (`inline_limit_s` of CPU, and no waiting
+beyond what getting the GIL back explains), its calls run inline on the loop. The first inline
+call that holds the loop longer sends the model back to the pool, and it must then prove
+itself cheap over twice as many calls before it runs inline again. So a model that is always
+slow (a network call, a big matmul, a sleep) never touches the loop; one that turns slow
+stalls the loop for that one call; one that is slow now and then, a few times in its life.
+A call that only looked slow because the OS gave the core to another process meanwhile (it
+was preempted, and never slept or waited on its own) is not held against the model: on a busy
+machine that would otherwise send every cheap model back to threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from time import perf_counter, thread_time
 from typing import Any
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -18,30 +31,188 @@ Stream = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
 
 _EXHAUSTED = object()
 
+# A thread hop costs tens of microseconds of loop time plus a wake-up; calls cheaper than
+# this gain nothing from a thread, and at this size 256 of them (the default stream limit)
+# queued on the loop delay anything else by at most ~25 ms.
+DEFAULT_INLINE_LIMIT_S = 100e-6
+# An inline call may stall the loop up to two switch intervals (waiting for the GIL) once in
+# this many calls without counting as slow.
+RARE_STALL_CALLS = 100
+# How much more CPU than the limit a preempted inline call may show before it counts as slow.
+PREEMPTED_MARGIN = 4
+Usage = Callable[[], tuple[float, int, int]]
 
-class Executor:
-    """Turns a model function into an awaitable (or async-iterable) call with keyword arguments."""
 
-    def __init__(self, max_threads: int) -> None:
-        self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="blazerpc-model")
+if sys.platform == "linux":
+    from resource import RUSAGE_THREAD, getrusage
 
-    def invoker(self, func: Callable[..., Any]) -> Invoke:
-        if inspect.iscoroutinefunction(func):
-            return lambda kwargs: func(**kwargs)
-        pool = self._pool
+    def thread_usage() -> tuple[float, int, int]:
+        """CPU seconds of this thread, how often the OS preempted it (involuntary context
+        switches) and how often it gave up the core itself (voluntary: a sleep, I/O, a lock,
+        the GIL). CPU time from the thread clock: getrusage's is only updated at ticks."""
+        usage = getrusage(RUSAGE_THREAD)
+        return thread_time(), usage.ru_nivcsw, usage.ru_nvcsw
 
-        def call(kwargs: dict[str, Any]) -> Any:
+else:
+
+    def thread_usage() -> tuple[float, int, int]:
+        """CPU seconds of this thread; elsewhere than Linux, no count of preemptions."""
+        return thread_time(), 0, 0
+
+
+def preempted_only(before: tuple[float, int, int], after: tuple[float, int, int]) -> bool:
+    """Whether the OS preempted the thread in between and the thread never waited itself."""
+    return after[1] != before[1] and after[2] == before[2]
+
+
+# Fast calls measured in threads before a model first runs inline; doubled at each demotion.
+FIRST_PROOF = 32
+
+
+class SyncCalls:
+    """The calls of one plain `def` model: in the pool while it is slow or unproven, inline on
+    the loop while its recent calls were all under `limit_s`. `inline` says which."""
+
+    __slots__ = (
+        "_clock",
+        "_func",
+        "_inline_calls",
+        "_pool",
+        "_proof",
+        "_short_stall_s",
+        "_streak",
+        "_timed",
+        "_usage",
+        "demotions",
+        "inline",
+        "limit_s",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        pool: ThreadPoolExecutor,
+        limit_s: float,
+        clock: Callable[[], float] = perf_counter,
+        usage: Usage = thread_usage,
+    ) -> None:
+        self._func = func
+        self._pool = pool
+        self._clock = clock
+        self._usage = usage
+        self.limit_s = limit_s
+        self.inline = False
+        self.demotions = 0
+        self._proof: float = FIRST_PROOF if limit_s > 0 else math.inf  # 0: never inline
+        self._streak = 0
+        self._inline_calls = 0
+
+        # In a thread, a call's wall time also holds its wait to get the GIL back from the loop
+        # (up to a switch interval each time numpy or I/O lets go of it), which inline it would
+        # not pay: there, CPU time must be cheap, and wall time under that wait's bound.
+        wall_limit = self._short_stall_s = limit_s + 2 * sys.getswitchinterval()
+
+        def timed(kwargs: dict[str, Any], verdict: list[bool | None]) -> Any:
+            """The result; `verdict` says whether the call was cheap (None: it was preempted,
+            or failed, so it cannot tell)."""
+            before = usage()
+            start = clock()
             try:
-                return func(**kwargs)
+                result = func(**kwargs)
             finally:
                 # The arguments die here, in the thread: freeing millions of objects (a list
                 # of strings) would otherwise hold the event loop up when the call returns.
                 kwargs.clear()
+            wall = clock() - start
+            if wall <= wall_limit:  # cheap unless its own CPU time says otherwise
+                verdict[0] = wall <= limit_s or usage()[0] - before[0] <= limit_s
+            else:
+                after = usage()
+                preempted = after[0] - before[0] <= limit_s and preempted_only(before, after)
+                verdict[0] = None if preempted else False
+            return result
 
-        def in_thread(kwargs: dict[str, Any]) -> Awaitable[Any]:
-            return asyncio.get_running_loop().run_in_executor(pool, call, kwargs)
+        self._timed = timed
 
-        return in_thread
+    @property
+    def mode(self) -> str:
+        return "inline" if self.inline else "threads"
+
+    def __call__(self, kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """The call's result, as a future. In a thread it is the executor's own future, so a
+        caller that is cancelled can still tell (and wait for) the thread it cannot stop."""
+        loop = asyncio.get_running_loop()
+        if self.inline:
+            done = loop.create_future()
+            try:
+                done.set_result(self._inline(kwargs))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
+        verdict: list[bool | None] = [None]
+        call = loop.run_in_executor(self._pool, self._timed, kwargs, verdict)
+        call.add_done_callback(lambda _: self._judged(verdict[0]))
+        return call
+
+    def _inline(self, kwargs: dict[str, Any]) -> Any:
+        self._inline_calls += 1
+        before = self._usage()
+        start = self._clock()
+        try:
+            return self._func(**kwargs)
+        finally:
+            wall = self._clock() - start
+            if wall > self.limit_s and self._held_the_loop(wall, before):
+                self._demote()
+
+    def _judged(self, cheap: bool | None) -> None:
+        """On the loop, once a call in a thread has returned: count it toward going inline."""
+        if cheap:
+            self._streak += 1
+            if self._streak == self._proof:
+                self.inline = True
+        elif cheap is not None:
+            self._streak = 0
+
+    def _held_the_loop(self, wall: float, before: tuple[float, int, int]) -> bool:
+        """Whether an inline call that took too long did so itself, rather than because the
+        OS gave the core away (preempted: its CPU time then also holds refilling the caches,
+        hence the margin) or, now and then, because it let go of the GIL (numpy does) and
+        another thread held it for a while (one switch interval, give or take)."""
+        after = self._usage()
+        cpu = after[0] - before[0]
+        if preempted_only(before, after) and cpu <= PREEMPTED_MARGIN * self.limit_s:
+            return False
+        if wall <= self._short_stall_s and self._inline_calls >= RARE_STALL_CALLS:
+            self._inline_calls = 0  # forgiven once; a second one this soon is a pattern
+            return False
+        return True
+
+    def _demote(self) -> None:
+        self.inline = False
+        self._inline_calls = 0
+        self.demotions += 1
+        self._streak = 0
+        self._proof *= 2
+
+
+class Executor:
+    """Turns a model function into an awaitable (or async-iterable) call with keyword arguments.
+
+    `inline_limit_s=0` keeps every plain `def` call in the pool.
+    """
+
+    def __init__(self, max_threads: int, inline_limit_s: float = DEFAULT_INLINE_LIMIT_S) -> None:
+        self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="blazerpc-model")
+        self._inline_limit_s = inline_limit_s
+
+    def invoker(self, func: Callable[..., Any], *, inline: bool = True) -> Invoke:
+        """`inline=False` keeps a plain `def` in the pool however cheap it is: a model that
+        reads a stream of requests waits on the loop for each item, so on the loop it would
+        wait forever."""
+        if inspect.iscoroutinefunction(func):
+            return lambda kwargs: func(**kwargs)
+        return SyncCalls(func, self._pool, self._inline_limit_s if inline else 0)
 
     def streamer(self, func: Callable[..., Any]) -> Stream:
         if inspect.isasyncgenfunction(func):

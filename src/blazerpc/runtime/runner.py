@@ -6,6 +6,7 @@ keyword arguments and back; how the model runs is decided here, once, at start-u
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from grpc import StatusCode
 
 from ..exceptions import RPCError
 from .batcher import Batcher, BatchObserver, BatchSettings
-from .executor import Executor, Invoke
+from .executor import Executor, Invoke, SyncCalls
 from .registry import ModelEntry
 
 Predict = Callable[[dict[str, Any], "float | None"], Awaitable[Any]]
@@ -44,13 +45,18 @@ class ModelRunner:
         self.batcher: Batcher | None = None
         self.in_flight = 0
         self._max_in_flight = max_in_flight
+        self.sync_calls: SyncCalls | None = None
         if entry.streaming:
             self.stream = self._bounded_stream(executor.streamer(entry.func))
-        elif batching is not None:
-            self.batcher = Batcher(entry, executor.invoker(entry.func), batching, observer)
+            return
+        invoke = executor.invoker(entry.func, inline=not entry.client_streaming)
+        if isinstance(invoke, SyncCalls):
+            self.sync_calls = invoke
+        if batching is not None:
+            self.batcher = Batcher(entry, invoke, batching, observer)
             self.predict = self.batcher.submit
         else:
-            self.predict = self._bounded_predict(executor.invoker(entry.func))
+            self.predict = self._bounded_predict(invoke)
 
     def _admit(self) -> None:
         if self.in_flight >= self._max_in_flight:
@@ -84,6 +90,16 @@ class ModelRunner:
 
     def _release(self) -> None:
         self.in_flight -= 1
+
+    @property
+    def mode(self) -> str:
+        """Where the model's calls run now: 'loop' (async), 'inline' (a plain `def` measured
+        cheap, on the loop) or 'threads' (a plain `def` or sync generator, in the pool)."""
+        if self.sync_calls is not None:
+            return self.sync_calls.mode
+        if self.entry.streaming and not inspect.isasyncgenfunction(self.entry.func):
+            return "threads"
+        return "loop"
 
     def start(self) -> None:
         if self.batcher is not None:

@@ -162,6 +162,11 @@ class Server:
                 stats[name] = runner.batcher.stats
         return stats
 
+    def modes(self) -> dict[str, str]:
+        """Where each model's calls run now, by model name: 'loop' (async def), 'inline' (a
+        plain `def` measured cheap, run on the loop) or 'threads' (in the thread pool)."""
+        return {name: runner.mode for name, runner in self.runners.items()}
+
     async def stop(self, grace: float | None = 30.0) -> None:
         """Drain: report NOT_SERVING, refuse new calls with UNAVAILABLE, let calls in flight
         (queued in a batch, running, streaming) finish within `grace` seconds, then cancel
@@ -212,6 +217,7 @@ async def start_server(
     policy: CallPolicy,
     batching: dict[str, BatchSettings],
     max_threads: int,
+    inline_limit_s: float = 0.0,
     max_in_flight: dict[str, int] | None = None,
     limits: Limits | None = None,
     tls: ServerTLS | None = None,
@@ -223,7 +229,7 @@ async def start_server(
     reflection: bool = True,
 ) -> Server:
     """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
-    executor = Executor(max_threads)
+    executor = Executor(max_threads, inline_limit_s)
     max_in_flight = max_in_flight or {}
     runners = {
         m.name: ModelRunner(

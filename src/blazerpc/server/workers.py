@@ -43,11 +43,12 @@ class ServeConfig:
     http_port: int | None = None
     reflection: bool = True
     limits: dict[str, Any] = field(default_factory=dict)  # Limits fields set by flags
+    loop: str = "auto"  # launch.Loop's value: auto, asyncio or uvloop
 
 
 def serve_process(config: ServeConfig, ready: Any = None) -> None:
     """Load the app and serve it in this process until SIGTERM or SIGINT."""
-    from ..launch import load_app, run
+    from ..launch import Loop, load_app, run
     from .middleware import MetricsMiddleware
 
     if multiprocessing.parent_process() is not None:
@@ -77,7 +78,7 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
             http_port=config.http_port,
         )
 
-    run(main())
+    run(main(), Loop(config.loop))
     _leave_stuck_threads()
 
 
