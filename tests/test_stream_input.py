@@ -435,10 +435,17 @@ def test_never_batched_and_the_banner_says_so() -> None:
         async for frame in frames:
             yield frame
 
+    @app.model("sync-frames")
+    def sync_frames(
+        frames: Iterator[TensorInput[np.float32, "batch", 4]],
+    ) -> TensorOutput[np.float32, "batch", 4]:
+        return np.zeros((1, 4), np.float32)
+
     assert all(app.batch_settings(m) is None for m in app.registry)
     lines = {line.split()[0]: line for line in banner(app, "h", 1).splitlines()}
     assert "client streaming, never batched" in lines["frames"]
     assert "bidirectional streaming, never batched" in lines["live"]
+    assert lines["sync-frames"].endswith("client streaming, never batched, in threads")
 
 
 # --- semantics ---------------------------------------------------------------------------------

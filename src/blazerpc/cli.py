@@ -80,8 +80,8 @@ def _runs_where(entry: ModelEntry, app: BlazeApp) -> str:
     """Where calls run (runtime/executor.py); `server.modes()` says where they run now."""
     if inspect.iscoroutinefunction(entry.func) or inspect.isasyncgenfunction(entry.func):
         return "on the event loop"
-    if entry.streaming or app.inline_limit_us <= 0:
-        return "in threads"
+    if entry.streaming or entry.client_streaming or app.inline_limit_us <= 0:
+        return "in threads"  # a model reading a stream waits on the loop for its items
     return f"in threads, inline on the loop while calls take < {app.inline_limit_us:g} µs"
 
 
