@@ -272,9 +272,9 @@ async def test_model_parameters_named_like_client_options() -> None:
             got = await client.predict("collide", model="m", timeout=2.5, metadata="md", registry=7)
             assert got == "m|2.5|md|7"
             got = await client.with_options(timeout=5.0).predict(
-                "collide", model="m", timeout=0.001, metadata="md", registry=1
+                "collide", model="m", timeout=0.125, metadata="md", registry=1
             )
-            assert got == "m|0.001|md|1"
+            assert got == "m|0.125|md|1"
             assert [t async for t in client.stream("collide-stream", model="x", timeout=2)] == [
                 "x",
                 "x",

@@ -457,7 +457,7 @@ async def test_middleware_and_context_apply_to_json_rpc_calls() -> None:
         assert error_of(refused)[0::2] == (-32603, "UNAUTHENTICATED")  # type: ignore[arg-type]
         headers = {"Authorization": "Bearer s3cret", "X-User": "ann"}
         admitted = (await http(target, call("predict.whoami", {}), headers)).json()
-        assert admitted["result"] == "/jsonrpc/predict.whoami ann"  # type: ignore[index]
+        assert admitted["result"] == "predict.whoami ann"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("example", examples("jsonrpc-"), ids=lambda e: e.name)

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("values", ("blazerpc.convert", "blazerpc.codec", "blazerpc.schema")),
     ("runtime", ("blazerpc.runtime",)),
-    ("client", ("blazerpc.client",)),
+    ("client", ("blazerpc.client", "blazerpc.client_jsonrpc")),
     (
         "calls",
         ("blazerpc.server.middleware", "blazerpc.server.metrics", "blazerpc.policy"),

@@ -275,18 +275,18 @@ async def test_otel_metrics_middleware_records_counts_and_durations() -> None:
     }
     counts = {
         (p.attributes["method"], p.attributes["status"]): p.value
-        for p in metrics["blazerpc.requests"].data.data_points
+        for p in metrics["blazerpc.rpc.count"].data.data_points
     }
     assert counts == {
         (ECHO, "OK"): 3,
         ("/blazerpc.InferenceService/PredictFail", "UNAVAILABLE"): 1,
     }
     durations = {
-        p.attributes["method"]: p for p in metrics["blazerpc.request.duration"].data.data_points
+        p.attributes["method"]: p for p in metrics["blazerpc.rpc.duration"].data.data_points
     }
     assert durations[ECHO].count == 3
     assert durations[ECHO].sum >= 3 * 0.05
-    assert metrics["blazerpc.request.duration"].unit == "s"
+    assert metrics["blazerpc.rpc.duration"].unit == "s"
 
 
 async def test_otel_metrics_middleware_works_with_the_api_alone() -> None:

@@ -57,16 +57,16 @@ def test_proto_text_has_the_wire_contract() -> None:
     assert "rpc PredictEcho(EchoRequest) returns (EchoResponse);" in proto
     assert "rpc PredictSentimentV2(SentimentV2Request) returns (SentimentV2Response);" in proto
     assert "rpc PredictClassify(ClassifyRequest) returns (ClassifyResponse);" in proto
-    # Request fields are the parameters, in order, numbered from 1; float is double.
+    # Request fields are the parameters, in order, numbered from 1; float is 32-bit (2.2.1).
     assert message_block(proto, "EchoRequest") == ["string text = 1;"]
     assert message_block(proto, "SentimentV2Request") == [
         "string text = 1;",
-        "double threshold = 2;",
+        "float threshold = 2;",
         "int64 max_len = 3;",
         "bool verbose = 4;",
     ]
     assert message_block(proto, "EchoResponse") == ["string result = 1;"]
-    assert message_block(proto, "SentimentV2Response") == ["double result = 1;"]
+    assert message_block(proto, "SentimentV2Response") == ["float result = 1;"]
     assert message_block(proto, "ClassifyRequest") == ["TensorProto features = 1;"]
     assert message_block(proto, "ClassifyResponse") == ["TensorProto result = 1;"]
     assert message_block(proto, "TensorProto") == [
@@ -93,10 +93,10 @@ def test_proto_text_of_streaming_and_composite_fields() -> None:
     assert message_block(proto, "DetectResponse") == ["repeated Detection result = 1;"]
     assert message_block(proto, "Detection") == [
         "string label = 1;",
-        "double score = 2;",
+        "float score = 2;",
         "repeated Point corners = 3;",
     ]
-    assert message_block(proto, "Point") == ["double x = 1;", "double y = 2;"]
+    assert message_block(proto, "Point") == ["float x = 1;", "float y = 2;"]
     # A dataclass used twice is declared once.
     assert proto.count("message Point {") == 1
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 
 from blazerpc import (
     BlazeApp,
@@ -49,8 +50,15 @@ class Scene:
     best: Box | None = None
 
 
+@pytest.fixture
+def app() -> BlazeApp:
+    """Round trips here check exact values, so floats travel 64-bit (the 32-bit default is
+    checked in test_compat_221.py)."""
+    return BlazeApp(float64=True)
+
+
 def scene_app() -> BlazeApp:
-    app = BlazeApp()
+    app = BlazeApp(float64=True)
 
     @app.model("scene")
     async def scene(scene: Scene, shift: Point) -> Scene:
@@ -140,16 +148,21 @@ async def test_scalars_round_trip(app: BlazeApp, registry: bool) -> None:
         assert await client.predict("echo-bytes", value=b"\x00\x01\xfe") == b"\xfe\x01\x00"
 
 
-async def test_float_is_double_and_int_is_int64_on_the_wire(app: BlazeApp) -> None:
+@pytest.mark.parametrize("float64", [False, True])
+def test_float_width_follows_the_app_setting_and_int_is_int64(float64: bool) -> None:
+    app = BlazeApp(float64=float64)
+
     @app.model("num")
-    async def num(f: float, i: int) -> float:
+    async def num(f: float, i: int, fs: list[float], p: Point) -> float:
         return f * 2 + i
 
+    want = FieldDescriptor.TYPE_DOUBLE if float64 else FieldDescriptor.TYPE_FLOAT
     fields = app.schema.request_class("Num").DESCRIPTOR.fields_by_name
-    assert fields["f"].type == fields["f"].TYPE_DOUBLE
-    assert fields["i"].type == fields["i"].TYPE_INT64
+    assert [fields[n].type for n in ("f", "fs")] == [want, want]
+    assert fields["i"].type == FieldDescriptor.TYPE_INT64
+    assert {f.type for f in fields["p"].message_type.fields} == {want}
     result = app.schema.response_class("Num").DESCRIPTOR.fields_by_name["result"]
-    assert result.type == result.TYPE_DOUBLE
+    assert result.type == want
 
 
 # --- lists, maps -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from grpc import StatusCode
 from ._version import __version__ as __version__
 from .app import BlazeApp
 from .client import BlazeClient, ClientTLS, SyncBlazeClient
+from .client_jsonrpc import JsonRpcClient
 from .exceptions import (
     BlazeRPCError,
     ConfigurationError,
@@ -27,6 +28,7 @@ __all__ = [
     "Context",
     "Depends",
     "InferenceError",
+    "JsonRpcClient",
     "ModelNotFoundError",
     "RPCError",
     "SerializationError",

@@ -22,7 +22,7 @@ from .runtime.batcher import BatchSettings
 from .runtime.registry import BatchOverrides, ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
 from .server.metrics import BatchMetrics, count_in_flight, serve_metrics
-from .server.middleware import MetricsMiddleware, Middleware
+from .server.middleware import MetricsMiddleware, Middleware, TransportMiddleware, as_middleware
 from .server.server import Limits, Server, ServerTLS, run_every, start_server
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,7 +62,7 @@ class BlazeApp:
         enable_batching: bool = True,
         max_batch_size: int = 32,
         batch_timeout_ms: float = 10.0,
-        middleware: list[Middleware] | None = None,
+        middleware: list[Middleware | TransportMiddleware] | None = None,
         *,
         max_queue_size: int = 1024,
         max_message_mb: float = 64,
@@ -70,8 +70,11 @@ class BlazeApp:
         inline_limit_us: float = 100.0,
         metrics_port: int | None = None,
         reflection: bool = True,
+        float64: bool = False,
         lifespan: Lifespan | None = None,
     ) -> None:
+        """`float64=True`: Python `float` values travel as protobuf `double` (64-bit) instead
+        of `float` (32-bit, 2.2.1's wire contract and the default); see docs/migrating.md."""
         self.name = name
         self.enable_batching = enable_batching
         self.max_batch_size = max_batch_size
@@ -84,7 +87,7 @@ class BlazeApp:
         self.inline_limit_us = inline_limit_us
         self.metrics_port = metrics_port
         self.reflection = reflection
-        self.registry = ModelRegistry()
+        self.registry = ModelRegistry(float64=float64)
         self.state = types.SimpleNamespace()
         self._lifespan = lifespan
         self._startup: list[Hook] = []
@@ -204,7 +207,7 @@ class BlazeApp:
     def schema(self) -> Schema:
         """The protobuf schema of every registered model, built on first use."""
         if self._schema is None:
-            self._schema = build_schema(self.registry.list_models())
+            self._schema = build_schema(self.registry.list_models(), self.registry.float64)
         return self._schema
 
     def proto(self) -> str:
@@ -214,7 +217,7 @@ class BlazeApp:
     async def start(
         self,
         host: str = "127.0.0.1",
-        port: int = 50051,
+        port: int | None = 50051,
         *,
         tls: ServerTLS | None = None,
         reuse_port: bool = False,
@@ -223,10 +226,13 @@ class BlazeApp:
         """Start serving in the background; `port=0` picks a free port (see `server.port`).
         With `http_port`, KServe v2 REST and JSON-RPC are served there too (0 picks a free
         one, see `server.http_port`); KServe v2 gRPC always shares the gRPC port.
+        `port=None` serves HTTP alone (`http_port` is then required).
 
         Returns once start-up hooks have run and the server admits calls.
         """
-        middleware = list(self.middleware)
+        if port is None and http_port is None:
+            raise ConfigurationError("nothing to serve: give a gRPC port, an http_port, or both")
+        middleware = [as_middleware(m) for m in self.middleware]
         if self.metrics_port is not None:
             if not any(isinstance(m, MetricsMiddleware) for m in middleware):
                 middleware.insert(0, MetricsMiddleware())
@@ -245,14 +251,14 @@ class BlazeApp:
                 port=port,
                 policy=CallPolicy(middleware=middleware, app_state=self.state),
                 batching={
-                    m.name: settings
+                    m.key: settings
                     for m in self.registry
                     if (settings := self.batch_settings(m)) is not None
                 },
                 max_threads=self.max_threads,
                 inline_limit_s=self.inline_limit_us / 1e6,
                 max_in_flight={
-                    m.name: m.batching.max_queue_size or self.max_queue_size for m in self.registry
+                    m.key: m.batching.max_queue_size or self.max_queue_size for m in self.registry
                 },
                 limits=self.limits,
                 tls=tls,
@@ -278,7 +284,7 @@ class BlazeApp:
     async def serve(
         self,
         host: str = "0.0.0.0",
-        port: int = 50051,
+        port: int | None = 50051,
         *,
         grace_period: float = 30.0,
         tls: ServerTLS | None = None,
@@ -304,3 +310,14 @@ class BlazeApp:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    async def serve_jsonrpc(self, host: str = "0.0.0.0", port: int = 8080, **options: Any) -> None:
+        """2.2.1's HTTP-only serving: JSON-RPC (and KServe v2 REST, `GET /health`) on `port`,
+        no gRPC port; takes `serve`'s keywords."""
+        await self.serve(host, None, http_port=port, **options)
+
+    async def serve_both(
+        self, host: str = "0.0.0.0", grpc_port: int = 50051, http_port: int = 8080, **options: Any
+    ) -> None:
+        """2.2.1's spelling of `serve(host, grpc_port, http_port=http_port)`."""
+        await self.serve(host, grpc_port, http_port=http_port, **options)

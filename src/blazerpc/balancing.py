@@ -25,23 +25,27 @@ _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 
 # gRPC caps maxAttempts at 5. Backoff is random in [0, current]: at most about 1.7 s in all,
 # about as long as a Kubernetes Service takes to drop a draining pod's endpoint.
-SERVICE_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "healthCheckConfig": {"serviceName": ""},
-        "methodConfig": [
-            {
-                "name": [{"service": "blazerpc.InferenceService"}],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 3,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-    }
+_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+    "methodConfig": [
+        {
+            "name": [{"service": "blazerpc.InferenceService"}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 3,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+SERVICE_CONFIG = json.dumps(_CONFIG)
+# Without client-side health checking, for servers whose health service is broken (blazerpc
+# 2.2.1's answers UNKNOWN, which gRPC reads as unhealthy; only UNIMPLEMENTED reads as absent).
+SERVICE_CONFIG_NO_HEALTH = json.dumps(
+    {k: v for k, v in _CONFIG.items() if k != "healthCheckConfig"}
 )
 
 

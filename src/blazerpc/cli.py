@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,14 @@ AppDir = Annotated[
 ]
 
 
+class Transport(str, enum.Enum):
+    """What `blaze serve --transport` serves (2.2.1's option)."""
+
+    grpc = "grpc"
+    jsonrpc = "jsonrpc"
+    both = "both"
+
+
 def _set(**flags: float | None) -> dict[str, float]:
     """The flags that were given; the others keep the app's own settings."""
     return {name: value for name, value in flags.items() if value is not None}
@@ -42,7 +51,7 @@ def _set(**flags: float | None) -> dict[str, float]:
 def banner(
     app: BlazeApp,
     host: str,
-    port: int,
+    port: int | None,
     *,
     workers: int = 1,
     tls: bool = False,
@@ -66,13 +75,17 @@ def banner(
     scheme = "gRPC with TLS" if tls else "gRPC"
     procs = f", {workers} workers" if workers > 1 else ""
     services = "health and reflection enabled" if reflection else "health enabled, reflection off"
-    lines.append(
-        f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; {services}; "
-        f"{loop.value} event loop)"
-    )
+    if port is not None:
+        lines.append(
+            f"listening on {host}:{port} ({scheme}, with KServe v2{procs}; {services}; "
+            f"{loop.value} event loop)"
+        )
     if http_port is not None:
         http = "HTTPS" if tls else "HTTP"
-        lines.append(f"{http} on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc)")
+        lines.append(
+            f"{http} on {host}:{http_port} (KServe v2 REST at /v2, JSON-RPC at /jsonrpc, "
+            "GET /health" + ("" if port is not None else f"; {loop.value} event loop") + ")"
+        )
     return "\n".join(lines)
 
 
@@ -102,8 +115,15 @@ def serve(
         int | None, typer.Option(help="Serve Prometheus metrics on this port")
     ] = None,
     http_port: Annotated[
-        int | None, typer.Option(help="Serve KServe v2 REST and JSON-RPC on this port")
+        int | None,
+        typer.Option(
+            help="Serve KServe v2 REST and JSON-RPC on this port [default: 8080 with "
+            "--transport jsonrpc or both]"
+        ),
     ] = None,
+    transport: Annotated[
+        Transport, typer.Option(help="grpc; jsonrpc: HTTP only; both (as in 2.2.1)")
+    ] = Transport.grpc,
     max_message_mb: Annotated[
         float | None, typer.Option(help="Largest message accepted or sent [default: 64]")
     ] = None,
@@ -140,6 +160,9 @@ def serve(
         raise usage_error("--max-connection-age-grace needs --max-connection-age")
     if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
         raise usage_error("TLS needs both --tls-cert and --tls-key (and they for --tls-client-ca)")
+    if transport is not Transport.grpc and http_port is None:
+        http_port = 8080
+    grpc_port = None if transport is Transport.jsonrpc else port
     tls = None
     if tls_cert is not None and tls_key is not None:
         tls = ServerTLS(str(tls_cert), str(tls_key), str(tls_client_ca) if tls_client_ca else None)
@@ -147,7 +170,7 @@ def serve(
         app_path,
         app_dir,
         host,
-        port,
+        grpc_port,
         grace_period,
         tls,
         metrics_port,
@@ -172,7 +195,7 @@ def serve(
         banner(
             app,
             host,
-            port,
+            grpc_port,
             workers=workers,
             tls=tls is not None,
             http_port=http_port,

@@ -9,7 +9,16 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +27,7 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from .balancing import ADMISSION_HEADERS, SERVICE_CONFIG, channel_target
+from .balancing import ADMISSION_HEADERS, SERVICE_CONFIG, SERVICE_CONFIG_NO_HEALTH, channel_target
 from .codec import Codec
 from .exceptions import (
     BlazeRPCError,
@@ -26,7 +35,7 @@ from .exceptions import (
     ModelNotFoundError,
     ValidationError,
 )
-from .runtime.registry import ModelRegistry, rpc_name
+from .runtime.registry import ModelRegistry, method_name
 from .schema import FILE_NAME, SERVICE_FULL_NAME, Schema, build_schema, fields_of, load_schema
 
 Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -34,14 +43,14 @@ Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
 _REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
-def _channel_options(max_message_mb: float) -> list[tuple[str, int | str]]:
+def _channel_options(max_message_mb: float, health_check: bool) -> list[tuple[str, int | str]]:
     limit = int(max_message_mb * 1024 * 1024)
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         # Balancing and retries: see balancing.py. A retry needs the request kept until the
         # call is admitted; by default only requests up to 256 KB are, so tensors were not.
-        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.service_config", SERVICE_CONFIG if health_check else SERVICE_CONFIG_NO_HEALTH),
         ("grpc.per_rpc_retry_buffer_size", limit),
         # A replica restarted on the same address (a fixed list, a single host) is found
         # again within seconds, not after gRPC's default backoff of up to two minutes.
@@ -119,16 +128,17 @@ def _methods(schema: Schema) -> dict[str, _Method]:
 
 def _registry_methods(registry: ModelRegistry) -> dict[str, _Method]:
     """Use the registry's own specs, so dataclass results come back as the user's classes."""
-    schema = build_schema(registry.list_models())
+    schema = build_schema(registry.list_models(), registry.float64)
     methods = {}
     for entry in registry:
-        methods[f"Predict{entry.rpc}"] = _Method(
-            entry.method,
-            entry.streaming,
-            Codec(schema.request_class(entry.rpc), entry.signature.params),
-            Codec(schema.response_class(entry.rpc), (entry.signature.result,)),
-            entry.client_streaming,
-        )
+        for rpc in (entry.rpc, *entry.aliases):
+            methods[f"Predict{rpc}"] = _Method(
+                f"/{SERVICE_FULL_NAME}/Predict{rpc}",
+                entry.streaming,
+                Codec(schema.request_class(entry.rpc), entry.signature.params),
+                Codec(schema.response_class(entry.rpc), (entry.signature.result,)),
+                entry.client_streaming,
+            )
     return methods
 
 
@@ -164,9 +174,28 @@ _ERRORS: dict[grpc.StatusCode, type[BlazeRPCError]] = {
 def _error(exc: grpc.RpcError) -> BlazeRPCError:
     """The library exception for a failed call, carrying its gRPC `code` and `details`."""
     code, details = exc.code(), exc.details() or ""
-    error = _ERRORS.get(code, BlazeRPCError)(details)
+    kind = _ERRORS.get(code, BlazeRPCError)
+    error = kind(message=details) if kind is ModelNotFoundError else kind(details)
     error.code = code
     return error
+
+
+class _Closed:
+    """What close() returns when there is nothing to close: awaiting it returns at once."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+def _model_name(model: str, inputs: dict[str, Any]) -> str:
+    """The model named positionally, else by the `model_name=` keyword (2.2.1's spelling);
+    given positionally, a `model_name` keyword stays an input of the model."""
+    if model:
+        return model
+    name = inputs.pop("model_name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError("name the model: predict('echo', ...) or predict(model_name='echo', ...)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -203,9 +232,10 @@ class _ClientBase:
         metadata: Metadata | None,
         tls: bool | ClientTLS,
         max_message_mb: float,
+        health_check: bool,
     ) -> None:
         self.target = channel_target(host, port)
-        self._channel_options = _channel_options(max_message_mb)
+        self._channel_options = _channel_options(max_message_mb, health_check)
         self._set_options(timeout, metadata)
         self._credentials = None
         if tls:
@@ -230,11 +260,20 @@ class _ClientBase:
         return view
 
     def _model(self, methods: dict[str, _Method], model: str, streaming: bool) -> _Method:
-        method = methods.get(f"Predict{rpc_name(model)}")
+        method = methods.get(method_name(model))
+        name, _, version = model.partition("@")
+        if method is None and version and method_name(name) in methods:
+            raise ModelNotFoundError(
+                name,
+                version,
+                message=f"model '{name}' has a single version on this server (no RPC "
+                f"{method_name(model)}); call it as '{name}'",
+            )
         if method is None:
             raise ModelNotFoundError(
-                f"the server has no model '{model}'; it serves "
-                + (", ".join(sorted(m.removeprefix("Predict") for m in methods)) or "none")
+                model,
+                message=f"the server has no model '{model}'; it serves "
+                + (", ".join(sorted(m.removeprefix("Predict") for m in methods)) or "none"),
             )
         if method.streaming != streaming:
             call, other = ("stream", "predict") if method.streaming else ("predict", "stream")
@@ -252,6 +291,8 @@ class BlazeClient(_ClientBase):
     `host` may also be a list of `HOST:PORT` addresses or a target such as
     `dns:///model.ns.svc.cluster.local:50051`: calls are then balanced across every address
     (gRPC round_robin), and calls a replica refused before running them are retried.
+    Replicas are picked by their gRPC health; `health_check=False` skips that, for servers
+    whose health service is broken (blazerpc 2.2.1's, see docs/migrating.md).
     """
 
     def __init__(
@@ -264,8 +305,9 @@ class BlazeClient(_ClientBase):
         metadata: Metadata | None = None,
         tls: bool | ClientTLS = False,
         max_message_mb: float = 64,
+        health_check: bool = True,
     ) -> None:
-        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb)
+        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb, health_check)
         self._channel: grpc.aio.Channel | None = None
 
     async def __aenter__(self) -> BlazeClient:
@@ -274,10 +316,13 @@ class BlazeClient(_ClientBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+    def close(self) -> Awaitable[None]:
+        """Close the connection; awaiting the result waits until it is closed, and 2.2.1's
+        plain `client.close()` (not awaited) closes it too, in the background."""
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return _Closed()
+        return asyncio.ensure_future(channel.close())
 
     def _get_channel(self) -> grpc.aio.Channel:
         if self._channel is None:
@@ -306,10 +351,12 @@ class BlazeClient(_ClientBase):
             self._shared["methods"] = methods
         return self._model(methods, model, streaming)
 
-    async def predict(self, model: str, /, **inputs: Any) -> Any:
-        """Call a unary model and return its result. A model that takes a stream gets it as
-        its one keyword argument, an iterable or async iterable sent item by item as it
-        yields: `await client.predict("transcribe", chunks=microphone())`."""
+    async def predict(self, model: str = "", /, **inputs: Any) -> Any:
+        """Call a unary model and return its result. `model` is its name, or `name@version`
+        for one version; it may also be given as `model_name=` (as in 2.2.1). A model that
+        takes a stream gets it as its one keyword argument, an iterable or async iterable sent
+        item by item as it yields: `await client.predict("transcribe", chunks=microphone())`."""
+        model = _model_name(model, inputs)
         method = await self._method(model)
         if method.client_streaming:
             return await self._predict_streamed(method, method.items(model, inputs))
@@ -340,9 +387,10 @@ class BlazeClient(_ClientBase):
             sender.stop()
         return method.decode(data)
 
-    def stream(self, model: str, /, **inputs: Any) -> AsyncIterator[Any]:
+    def stream(self, model: str = "", /, **inputs: Any) -> AsyncIterator[Any]:
         """Iterate a streaming model's chunks as they arrive; leaving the loop cancels the call.
         A bidirectional model gets its stream as its one keyword argument, as in `predict`."""
+        model = _model_name(model, inputs)
         return _Stream(self, model, inputs)
 
 
@@ -466,8 +514,9 @@ class SyncBlazeClient(_ClientBase):
         metadata: Metadata | None = None,
         tls: bool | ClientTLS = False,
         max_message_mb: float = 64,
+        health_check: bool = True,
     ) -> None:
-        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb)
+        self._setup(host, port, registry, timeout, metadata, tls, max_message_mb, health_check)
         if self._credentials is None:
             self._channel = grpc.insecure_channel(self.target, options=self._channel_options)
         else:
@@ -504,7 +553,8 @@ class SyncBlazeClient(_ClientBase):
             self._shared["methods"] = methods
         return self._model(methods, model, streaming)
 
-    def predict(self, model: str, /, **inputs: Any) -> Any:
+    def predict(self, model: str = "", /, **inputs: Any) -> Any:
+        model = _model_name(model, inputs)
         method = self._method(model)
         if method.client_streaming:
             requests = _SyncRequests(method, method.items(model, inputs))
@@ -526,7 +576,8 @@ class SyncBlazeClient(_ClientBase):
             raise _error(exc) from None
         return method.decode(data)
 
-    def stream(self, model: str, /, **inputs: Any) -> Iterator[Any]:
+    def stream(self, model: str = "", /, **inputs: Any) -> Iterator[Any]:
+        model = _model_name(model, inputs)
         method = self._method(model, streaming=True)
         requests = None
         if method.client_streaming:

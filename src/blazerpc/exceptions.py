@@ -32,21 +32,40 @@ class ValidationError(BlazeRPCError):
 
 
 class SerializationError(BlazeRPCError):
-    """Bytes or values that cannot be turned into (or out of) a message."""
+    """Bytes or values that cannot be turned into (or out of) a message; `dtype` names the
+    tensor dtype at fault, when one is."""
 
     code = StatusCode.INVALID_ARGUMENT
 
+    def __init__(self, message: str = "", *, dtype: str | None = None) -> None:
+        super().__init__(message)
+        self.dtype = dtype
+
 
 class ModelNotFoundError(BlazeRPCError):
-    """No model of that name is registered (or served)."""
+    """No model of that name (and version) is served: `ModelNotFoundError(name, version)`.
+
+    `message` replaces the default "Model 'name' version 'v' not found", e.g. to list the
+    models that are served.
+    """
 
     code = StatusCode.NOT_FOUND
 
+    def __init__(self, name: str = "", version: str = "1", *, message: str | None = None) -> None:
+        super().__init__(message or f"Model '{name}' version '{version}' not found")
+        self.name = name
+        self.version = version
+
 
 class InferenceError(BlazeRPCError):
-    """The model failed; raise it to answer INTERNAL with your own message."""
+    """The model failed; raise it to answer INTERNAL with your own message. `model_name`
+    names the model, when known."""
 
     code = StatusCode.INTERNAL
+
+    def __init__(self, message: str = "", *, model_name: str | None = None) -> None:
+        super().__init__(message)
+        self.model_name = model_name
 
 
 class ConfigurationError(BlazeRPCError):
@@ -68,4 +87,20 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """
     if isinstance(exc, BlazeRPCError) and exc.code is not StatusCode.INTERNAL:
         return exc.code, exc.details
+    foreign = _grpclib_status(exc)
+    if foreign is not None:
+        return foreign
     return StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+def _grpclib_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """grpclib's `GRPCError(Status.UNAUTHENTICATED, "...")`, which 2.2.1's middleware guide
+    raises to reject a call, ends the call with that status; read by duck typing, so grpclib
+    is no dependency."""
+    status = getattr(exc, "status", None)
+    if not type(exc).__module__.startswith("grpclib") or status is None:
+        return None
+    code = StatusCode.__members__.get(getattr(status, "name", ""))
+    if code is None or code is StatusCode.OK:
+        return None
+    return code, str(getattr(exc, "message", None) or "")

@@ -31,6 +31,11 @@ class Depends:
         self.dependency = dependency
         self.is_async = inspect.iscoroutinefunction(dependency)
 
+    @property
+    def fn(self) -> Callable[[Context], Any]:
+        """The dependency function, by 2.2.1's name."""
+        return self.dependency
+
     def __repr__(self) -> str:
         return f"Depends({getattr(self.dependency, '__qualname__', self.dependency)!r})"
 

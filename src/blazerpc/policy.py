@@ -58,7 +58,7 @@ class CallPolicy:
                 self.gate.admit()
             yield
             return
-        start, status = time.perf_counter(), StatusCode.OK
+        start, status, details = time.perf_counter(), StatusCode.OK, ""
         try:
             if gated:
                 self.gate.admit()
@@ -69,11 +69,12 @@ class CallPolicy:
             status = StatusCode.CANCELLED
             raise
         except Exception as exc:
-            status = status_of(exc)[0]
+            status, details = status_of(exc)
             raise
         finally:
+            elapsed = time.perf_counter() - start
             done = ResponseEvent(
-                event.method_name, event.metadata, event.peer, status, time.perf_counter() - start
+                event.method_name, event.metadata, event.peer, status, elapsed, details
             )
             for m in reversed(self.middleware):
                 try:

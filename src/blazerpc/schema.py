@@ -29,7 +29,7 @@ _FDP = descriptor_pb2.FieldDescriptorProto
 _SCALAR_TYPES = {
     str: _FDP.TYPE_STRING,
     int: _FDP.TYPE_INT64,
-    float: _FDP.TYPE_DOUBLE,
+    float: _FDP.TYPE_FLOAT,  # 2.2.1's wire contract; BlazeApp(float64=True) makes it double
     bool: _FDP.TYPE_BOOL,
     bytes: _FDP.TYPE_BYTES,
 }
@@ -66,16 +66,17 @@ def _tensor_message() -> descriptor_pb2.DescriptorProto:
 class _FileBuilder:
     """Adds messages to one FileDescriptorProto, each dataclass once."""
 
-    def __init__(self) -> None:
+    def __init__(self, float64: bool = False) -> None:
         self.file = descriptor_pb2.FileDescriptorProto(
             name=FILE_NAME, package=PACKAGE, syntax="proto3"
         )
+        self._scalars = {**_SCALAR_TYPES, float: _FDP.TYPE_DOUBLE} if float64 else _SCALAR_TYPES
         self.file.message_type.append(_tensor_message())
         self._structs: dict[str, type] = {}
 
     def _set_type(self, fdp: descriptor_pb2.FieldDescriptorProto, spec: TypeSpec) -> None:
         if isinstance(spec, Scalar):
-            fdp.type = _SCALAR_TYPES[spec.py]
+            fdp.type = self._scalars[spec.py]
         elif isinstance(spec, Tensor):
             fdp.type, fdp.type_name = _FDP.TYPE_MESSAGE, f".{PACKAGE}.{TENSOR_MESSAGE}"
         elif isinstance(spec, Struct):
@@ -126,19 +127,23 @@ def _pascal(snake: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in snake.split("_"))
 
 
-def build_file(models: Iterable[ModelEntry]) -> descriptor_pb2.FileDescriptorProto:
-    builder = _FileBuilder()
+def build_file(
+    models: Iterable[ModelEntry], float64: bool = False
+) -> descriptor_pb2.FileDescriptorProto:
+    """`float64`: Python floats travel as protobuf `double` rather than 2.2.1's `float`."""
+    builder = _FileBuilder(float64)
     service = builder.file.service.add(name=SERVICE)
     for model in models:
         builder.add_message(f"{model.rpc}Request", model.signature.params)
         builder.add_message(f"{model.rpc}Response", (model.signature.result,))
-        service.method.add(
-            name=f"Predict{model.rpc}",
-            input_type=f".{PACKAGE}.{model.rpc}Request",
-            output_type=f".{PACKAGE}.{model.rpc}Response",
-            client_streaming=model.client_streaming,
-            server_streaming=model.streaming,
-        )
+        for rpc in (model.rpc, *model.aliases):
+            service.method.add(
+                name=f"Predict{rpc}",
+                input_type=f".{PACKAGE}.{model.rpc}Request",
+                output_type=f".{PACKAGE}.{model.rpc}Response",
+                client_streaming=model.client_streaming,
+                server_streaming=model.streaming,
+            )
     return builder.file
 
 
@@ -149,8 +154,8 @@ def load_schema(file_proto: descriptor_pb2.FileDescriptorProto) -> Schema:
     return Schema(pool, pool.FindFileByName(file_proto.name))
 
 
-def build_schema(models: Iterable[ModelEntry]) -> Schema:
-    return load_schema(build_file(models))
+def build_schema(models: Iterable[ModelEntry], float64: bool = False) -> Schema:
+    return load_schema(build_file(models, float64))
 
 
 # By FieldDescriptor.type, an int (FieldDescriptorProto's enum values are the same numbers).

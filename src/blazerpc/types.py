@@ -54,7 +54,8 @@ SCALARS: tuple[type, ...] = (str, int, float, bool, bytes)
 
 @dataclass(frozen=True)
 class Scalar:
-    """A proto3 scalar: str, int (int64), float (double), bool or bytes."""
+    """A proto3 scalar: str, int (int64), float (float, or double with BlazeApp(float64=True)),
+    bool or bytes."""
 
     py: type
 
@@ -136,9 +137,28 @@ def _parse_dtype(dtype: Any) -> np.dtype:
     return parsed
 
 
+def _literal_dims(shape: Any) -> list[Any] | None:
+    """2.2.1's shape form, `tuple[Literal["batch"], Literal[4]]`, as plain dims; None when
+    `shape` is not of that form."""
+    if typing.get_origin(shape) is not tuple:
+        return None
+    dims = []
+    for arg in typing.get_args(shape):
+        values = typing.get_args(arg) if typing.get_origin(arg) is typing.Literal else ()
+        if len(values) != 1:
+            raise ConfigurationError(
+                f"tensor shape {shape!r}: each dim must be one Literal, e.g. "
+                'tuple[Literal["batch"], Literal[4]]'
+            )
+        dims.append(values[0])
+    return dims
+
+
 def _tensor_annotation(params: Any) -> Any:
     params = params if isinstance(params, tuple) else (params,)
     dtype, *dims = params
+    if len(dims) == 1 and (literal := _literal_dims(dims[0])) is not None:
+        dims = literal
     for dim in dims:
         if (
             isinstance(dim, bool)

@@ -80,7 +80,16 @@ async def start_http_server(
         finally:
             in_flight.discard(task)
 
+    async def health(request: web.Request) -> web.Response:
+        """2.2.1's `GET /health`, answered from the same gate as gRPC health (issue 13)."""
+        if policy.gate.reason is None:
+            return web.json_response({"status": "ok"})
+        return web.json_response(
+            {"status": "unavailable", "reason": policy.gate.reason}, status=503
+        )
+
     app = web.Application(client_max_size=max_body_bytes, middlewares=[track])
+    app.router.add_get("/health", health)
     add_kserve_routes(app, runners, policy, max_json_bytes)
     add_jsonrpc_routes(
         app, runners, policy, max_json_bytes=max_json_bytes, max_batch_calls=max_jsonrpc_batch

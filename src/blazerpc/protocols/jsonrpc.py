@@ -16,9 +16,10 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from ..exceptions import ValidationError
+from ..exceptions import ModelNotFoundError, ValidationError
 from ..pipeline import CallerGone, Failure, ModelCall, Wire, admitted_lookup, fail
 from ..policy import CallPolicy
+from ..runtime.registry import served
 from ..runtime.runner import ModelRunner
 from . import json_io
 from .http_wire import http_caller, json_response
@@ -86,7 +87,7 @@ class _Model:
 
     def __init__(self, runner: ModelRunner, policy: CallPolicy) -> None:
         entry = runner.entry
-        self.name, self.streaming = entry.name, entry.streaming
+        self.name, self.version, self.streaming = entry.name, entry.version, entry.streaming
         read = fields_decoder(entry.signature.params)
         encode = encoder(entry.signature.result)
 
@@ -101,7 +102,7 @@ class _Model:
                     protocol="JSON-RPC",
                     decode=decode,
                     encode=lambda params, chunk: _event(None, encode(chunk)),
-                    caller=http_caller(f"/jsonrpc/stream/{self.name}"),
+                    caller=http_caller(f"stream.{entry.key}"),
                     reject=_event_error,
                 ),
             )
@@ -113,7 +114,7 @@ class _Model:
                     protocol="JSON-RPC",
                     decode=decode,
                     encode=lambda params, result: {"jsonrpc": "2.0", "result": encode(result)},
-                    caller=http_caller(f"/jsonrpc/predict.{self.name}"),
+                    caller=http_caller(f"predict.{entry.key}"),
                     reject=_reply_error,
                 ),
             )
@@ -148,13 +149,13 @@ class JsonRpc:
         return await admitted_lookup(self._policy, caller, lambda: lookup(name))
 
     def _model(self, name: str) -> _Model:
-        model = self._models.get(name)
-        if model is None:
-            raise CallError(
-                METHOD_NOT_FOUND,
-                f"no model named '{name}'; models: " + ", ".join(self._models),
-            )
-        return model
+        # issue 13: `name@version` picks a version, `name` the highest
+        name, _, version = name.partition("@")
+        try:
+            return served(self._models, name, version, lambda m: m.version)
+        except ModelNotFoundError as exc:
+            names = ", ".join(dict.fromkeys(m.name for m in self._models.values()))
+            raise CallError(METHOD_NOT_FOUND, f"{exc}; models: {names}") from None
 
     def _unary_model(self, method: str) -> _Model:
         kind, _, name = method.partition(".")
@@ -182,7 +183,7 @@ class JsonRpc:
             return _error_reply(error, call.get("id"))
         try:
             method = call["method"]
-            model = await self._admitted(self._unary_model, method, f"/jsonrpc/{method}", request)
+            model = await self._admitted(self._unary_model, method, method, request)
             params = _params(call.get("params", {}))
         except Exception as exc:
             reply: dict[str, Any] = {"jsonrpc": "2.0", "error": _refusal(exc)}
@@ -234,7 +235,7 @@ class JsonRpc:
         """A streaming model's chunks as events, or an error event; the caller ends the stream."""
         try:
             name = request.match_info["model"]
-            model = await self._admitted(self._model, name, f"/jsonrpc/stream/{name}", request)
+            model = await self._admitted(self._model, name, f"stream.{name}", request)
             if not model.streaming:
                 raise CallError(
                     INVALID_REQUEST,

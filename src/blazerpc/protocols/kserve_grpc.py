@@ -174,13 +174,11 @@ class KServeServicer:
         caller = grpc_caller(f"/{SERVICE_NAME}/ModelReady/{request.name}")(request, context)
         try:
             async with self._policy.observed(caller, gated=False):
-                model = self._models.get(request.name)
-                ready = (
-                    model is not None
-                    and model.unsupported is None
-                    and request.version in ("", model.version)
-                    and self._ready()
-                )
+                try:  # issue 13: any served version, "" the highest
+                    model: KServeModel | None = find(self._models, request.name, request.version)
+                except Exception:
+                    model = None
+                ready = model is not None and self._ready()
         except Exception as exc:
             await abort(context, fail(exc, "KServe gRPC ModelReady"))
         return pb.ModelReadyResponse(ready=ready)
@@ -212,7 +210,7 @@ class KServeServicer:
             model.check_unary(_STREAM_HINT)
         except Exception as exc:
             await abort(context, fail(exc, "KServe gRPC ModelInfer"))
-        return await self._infer[model.name].unary(request, context)
+        return await self._infer[model.key].unary(request, context)
 
     async def model_stream_infer(
         self, requests: AsyncIterator[Any], context: ServicerContext
@@ -228,7 +226,7 @@ class KServeServicer:
                 failure = fail(exc, "KServe gRPC ModelStreamInfer")
                 await context.write(await _stream_error(context, failure))
                 continue
-            call = self._stream[model.name]
+            call = self._stream[model.key]
             if not model.streaming:
                 await context.write(await call.unary(request, context))
                 continue

@@ -279,7 +279,7 @@ class KServeRest:
             body = _split_body(await json_io.read_body(request), header_length)
         except Exception as exc:
             return _refused(exc, "KServe REST inference")
-        return await self._infer[model.name].unary(body, request)
+        return await self._infer[model.key].unary(body, request)
 
 
 def add_kserve_routes(

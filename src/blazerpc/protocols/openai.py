@@ -226,8 +226,9 @@ class OpenAIRoutes:
         served = self._served.get(name)
         if served is None:
             raise ModelNotFoundError(
-                f"no model '{name}' on the OpenAI endpoints; they serve: "
-                + (", ".join(self._served) or "none")
+                name,
+                message=f"no model '{name}' on the OpenAI endpoints; they serve: "
+                + (", ".join(self._served) or "none"),
             )
         return served
 

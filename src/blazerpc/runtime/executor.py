@@ -27,6 +27,8 @@ from time import perf_counter, thread_time
 from typing import Any
 
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
+# Lists longer than this are freed a slice at a time (see `drop_gradually`).
+_LONG_LIST = 65536
 Stream = Callable[[dict[str, Any]], AsyncGenerator[Any, None]]
 
 _EXHAUSTED = object()
@@ -67,6 +69,14 @@ def preempted_only(before: tuple[float, int, int], after: tuple[float, int, int]
 
 # Fast calls measured in threads before a model first runs inline; doubled at each demotion.
 FIRST_PROOF = 32
+
+
+def drop_gradually(items: list[Any]) -> None:
+    """Empty a long list a slice at a time. Freeing millions of objects is one C call that
+    holds the GIL throughout, even in a thread; between slices, the event loop gets it."""
+    if len(items) > _LONG_LIST:
+        while items:
+            del items[-_LONG_LIST:]
 
 
 class SyncCalls:
@@ -122,6 +132,11 @@ class SyncCalls:
             finally:
                 # The arguments die here, in the thread: freeing millions of objects (a list
                 # of strings) would otherwise hold the event loop up when the call returns.
+                for value in kwargs.values():
+                    # Only a list nothing else holds (the model did not keep or return it):
+                    # the dict, this loop, and getrefcount's own argument.
+                    if type(value) is list and sys.getrefcount(value) <= 3:
+                        drop_gradually(value)
                 kwargs.clear()
             wall = clock() - start
             if wall <= wall_limit:  # cheap unless its own CPU time says otherwise

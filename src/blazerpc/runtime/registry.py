@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..exceptions import ConfigurationError, ModelNotFoundError
 from ..types import Signature, Tensor, signature_of
@@ -16,6 +16,38 @@ from ..types import Signature, Tensor, signature_of
 def rpc_name(model_name: str) -> str:
     """`"sentiment-v2"` -> `"SentimentV2"`, as the reference implementation names its RPCs."""
     return "".join(part.capitalize() for part in model_name.replace("-", "_").split("_"))
+
+
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Order versions by number part by part ("10" > "9", "1.10" > "1.9"); text parts after."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[._-]", version))
+
+
+def method_name(model: str) -> str:
+    """The native RPC of `name` (its highest version) or `name@version` (that version, when a
+    name has several): `PredictSentiment`, `PredictSentimentV2`, `PredictSentimentV1_5`."""
+    name, _, version = model.partition("@")
+    suffix = "V" + re.sub(r"[.-]", "_", version) if version else ""
+    return f"Predict{rpc_name(name)}{suffix}"
+
+
+T = TypeVar("T")
+
+
+def served(models: Mapping[str, T], name: str, version: str, version_of: Callable[[T], str]) -> T:
+    """From a mapping keyed as `ModelEntry.key`: the model `name` in `version` ("" for the
+    highest), or ModelNotFoundError naming the model (not the others: callers decide whether
+    to list what is served)."""
+    model = models.get(name)
+    if model is not None and version and version_of(model) != version:
+        model = models.get(f"{name}@{version}")
+    if model is None:
+        if version and name in models:
+            message = f"model '{name}' has no version '{version}'"
+        else:
+            message = f"no model named '{name}'"
+        raise ModelNotFoundError(name, version or "1", message=message)
+    return model
 
 
 @dataclass(frozen=True)
@@ -45,15 +77,17 @@ class ModelEntry:
     batched: bool = False
     batching: BatchOverrides = field(default_factory=BatchOverrides)
     openai: Any = None  # an OpenAIModel when served on the OpenAI-compatible endpoints
+    # Set by the registry from the versions registered under this name: the highest version
+    # is `name` and `Predict<Name>` (plus `Predict<Name>V<version>` as an alias when there
+    # are several); another version is `name@version` and `Predict<Name>V<version>`.
+    rpc: str = ""
+    key: str = ""
+    aliases: tuple[str, ...] = ()
 
     @property
     def client_streaming(self) -> bool:
         """The model takes a stream of requests (with `streaming`, the RPC is bidirectional)."""
         return self.signature.streamed is not None
-
-    @property
-    def rpc(self) -> str:
-        return rpc_name(self.name)
 
     @property
     def method(self) -> str:
@@ -73,8 +107,11 @@ class ModelEntry:
 class ModelRegistry:
     """Models by name; registration checks everything a request would otherwise trip over."""
 
-    def __init__(self) -> None:
-        self._models: dict[str, ModelEntry] = {}
+    def __init__(self, float64: bool = False) -> None:
+        self._models: dict[tuple[str, str], ModelEntry] = {}
+        # How Python floats travel (BlazeApp(float64=...)); here so that a client built from
+        # `registry=app.registry` encodes them as the server does.
+        self.float64 = float64
 
     def register(
         self,
@@ -89,12 +126,19 @@ class ModelRegistry:
     ) -> ModelEntry:
         """Check and record a model, with its own batching overrides if any."""
         where = f"model '{name}' ({getattr(func, '__qualname__', func)})"
-        rpc = rpc_name(name)
+        rpc, version = rpc_name(name), str(version)
         if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", rpc):
             raise ConfigurationError(
                 f"{where}: name must be letters and digits separated by '-' or '_', "
                 "starting with a letter"
             )
+        if not re.fullmatch(r"[A-Za-z0-9]+([._-][A-Za-z0-9]+)*", version):
+            raise ConfigurationError(
+                f"{where}: version {version!r} must be letters and digits, optionally "
+                "separated by '.', '-' or '_' (e.g. '2' or '1.5')"
+            )
+        if (name, version) in self._models:
+            raise ConfigurationError(f"{where}: version '{version}' is already registered")
         is_generator = inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func)
         if streaming and not is_generator:
             raise ConfigurationError(
@@ -110,7 +154,7 @@ class ModelRegistry:
                 f"{where}: streaming models are never batched; drop batched=True"
             )
         for other in self._models.values():
-            if other.rpc == rpc:
+            if other.name != name and rpc_name(other.name) == rpc:
                 raise ConfigurationError(
                     f"{where}: its RPC Predict{rpc} is already taken by model '{other.name}'"
                 )
@@ -118,16 +162,47 @@ class ModelRegistry:
             func, streaming=streaming, batched=batched, is_injected=is_injected
         )
         entry = ModelEntry(
-            name, str(version), func, streaming, signature, batched, batching or BatchOverrides()
+            name, version, func, streaming, signature, batched, batching or BatchOverrides()
         )
-        self._models[name] = entry
+        self._models[(name, version)] = entry
+        try:
+            self._name_versions(name)
+        except ConfigurationError:
+            del self._models[(name, version)]
+            self._name_versions(name)
+            raise
         return entry
 
-    def get(self, name: str) -> ModelEntry:
-        try:
-            return self._models[name]
-        except KeyError:
-            raise ModelNotFoundError(f"no model named '{name}'") from None
+    def _name_versions(self, name: str) -> None:
+        """Give each version of `name` its key and RPC names; refuse an RPC name taken twice."""
+        versions = sorted(
+            (e for e in self._models.values() if e.name == name),
+            key=lambda e: version_key(e.version),
+            reverse=True,
+        )
+        several = len(versions) > 1
+        for i, entry in enumerate(versions):
+            versioned = method_name(f"{name}@{entry.version}").removeprefix("Predict")
+            if i == 0:
+                entry.rpc, entry.key = rpc_name(name), name
+                entry.aliases = (versioned,) if several else ()
+            else:
+                entry.rpc, entry.key, entry.aliases = versioned, f"{name}@{entry.version}", ()
+        taken: dict[str, ModelEntry] = {}
+        for entry in self._models.values():
+            for rpc in (entry.rpc, *entry.aliases):
+                other = taken.setdefault(rpc, entry)
+                if other is not entry:
+                    raise ConfigurationError(
+                        f"model '{entry.name}' version '{entry.version}': its RPC Predict{rpc} "
+                        f"is already taken by model '{other.name}' version '{other.version}'"
+                    )
+
+    def get(self, name: str, version: str | None = None) -> ModelEntry:
+        """The model `name` in `version`, or its highest version when None."""
+        return served(
+            {e.key: e for e in self._models.values()}, name, version or "", lambda e: e.version
+        )
 
     def list_models(self) -> list[ModelEntry]:
         return list(self._models.values())

@@ -93,14 +93,15 @@ def model_handlers(
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for runner in runners:
         entry = runner.entry
+        handler: grpc.RpcMethodHandler[Any, Any]
         if entry.client_streaming:  # client-streaming and bidirectional models
-            handlers[f"Predict{entry.rpc}"] = stream_input_handler(
-                runner, schema, policy, _admitted
-            )
-            continue
-        call = ModelCall(runner, policy, native_wire(entry, schema))
-        if entry.streaming:
-            handlers[f"Predict{entry.rpc}"] = grpc.unary_stream_rpc_method_handler(_streamer(call))
+            handler = stream_input_handler(runner, schema, policy, _admitted)
+        elif entry.streaming:
+            call = ModelCall(runner, policy, native_wire(entry, schema))
+            handler = grpc.unary_stream_rpc_method_handler(_streamer(call))
         else:
-            handlers[f"Predict{entry.rpc}"] = grpc.unary_unary_rpc_method_handler(call.unary)
+            call = ModelCall(runner, policy, native_wire(entry, schema))
+            handler = grpc.unary_unary_rpc_method_handler(call.unary)
+        for rpc in (entry.rpc, *entry.aliases):  # aliases: issue 13, model versions
+            handlers[f"Predict{rpc}"] = handler
     return handlers

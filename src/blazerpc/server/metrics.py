@@ -86,6 +86,30 @@ def prometheus_metrics() -> PrometheusMetrics:
     )
 
 
+@dataclass(frozen=True)
+class TransportMetrics:
+    requests: Counter
+    duration: Histogram
+
+
+@functools.cache
+def transport_metrics() -> TransportMetrics:
+    """TransportMetricsMiddleware's two metrics, with 2.2.1's names and a transport label."""
+    return TransportMetrics(
+        requests=Counter(
+            "blazerpc_transport_requests",
+            "Model calls by method, status code and transport",
+            ["method", "status", "transport"],
+        ),
+        duration=Histogram(
+            "blazerpc_transport_request_duration_seconds",
+            "Model call duration by transport",
+            ["method", "transport"],
+            buckets=LATENCY_BUCKETS,
+        ),
+    )
+
+
 class BatchMetrics:
     """Feeds one model's batcher events into the Prometheus metrics."""
 

@@ -129,7 +129,7 @@ class Server:
     def __init__(
         self,
         grpc_server: grpc.aio.Server,
-        port: int,
+        port: int | None,
         health: Health,
         executor: Executor,
         runners: dict[str, ModelRunner],
@@ -163,8 +163,9 @@ class Server:
         return stats
 
     def modes(self) -> dict[str, str]:
-        """Where each model's calls run now, by model name: 'loop' (async def), 'inline' (a
-        plain `def` measured cheap, run on the loop) or 'threads' (in the thread pool)."""
+        """Where each model's calls run now, by model (`name`, or `name@version` for a version
+        below the highest): 'loop' (async def), 'inline' (a plain `def` measured cheap, run on
+        the loop) or 'threads' (in the thread pool)."""
         return {name: runner.mode for name, runner in self.runners.items()}
 
     async def stop(self, grace: float | None = 30.0) -> None:
@@ -208,12 +209,26 @@ class Server:
                 raise result
 
 
+def _bind(server: grpc.aio.Server, host: str, port: int, tls: ServerTLS | None) -> int:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, tls.credentials())
+    except RuntimeError as exc:
+        raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
+    if bound == 0:
+        raise ConfigurationError(f"cannot listen on {address}")
+    return bound
+
+
 async def start_server(
     models: Sequence[ModelEntry],
     schema: Schema,
     *,
     host: str,
-    port: int,
+    port: int | None,
     policy: CallPolicy,
     batching: dict[str, BatchSettings],
     max_threads: int,
@@ -228,16 +243,17 @@ async def start_server(
     http_port: int | None = None,
     reflection: bool = True,
 ) -> Server:
-    """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`."""
+    """Bind and start; model calls stay refused (and health NOT_SERVING) until `ready()`.
+    `port=None` serves no gRPC port (HTTP only, as 2.2.1's `serve_jsonrpc`)."""
     executor = Executor(max_threads, inline_limit_s)
     max_in_flight = max_in_flight or {}
     runners = {
-        m.name: ModelRunner(
+        m.key: ModelRunner(
             m,
             executor,
-            batching.get(m.name),
-            batch_observer(m.name) if batch_observer else None,
-            max_in_flight.get(m.name, BatchSettings.max_queue_size),
+            batching.get(m.key),
+            batch_observer(m.key) if batch_observer else None,
+            max_in_flight.get(m.key, BatchSettings.max_queue_size),
         )
         for m in models
     }
@@ -255,7 +271,6 @@ async def start_server(
     add_kserve_service(decoding, runners, policy)
     if reflection:
         enable_reflection(decoding, schema)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     http = None
     try:
         # HTTP first: a grpc.aio server that never started keeps its port until it is
@@ -272,15 +287,7 @@ async def start_server(
                 reuse_port=reuse_port,
                 ssl_context=tls.ssl_context() if tls is not None else None,
             )
-        try:
-            if tls is None:
-                bound = server.add_insecure_port(address)
-            else:
-                bound = server.add_secure_port(address, tls.credentials())
-        except RuntimeError as exc:
-            raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
-        if bound == 0:
-            raise ConfigurationError(f"cannot listen on {address}")
+        bound = None if port is None else _bind(server, host, port, tls)
     except BaseException:  # nothing may stay bound or running: the HTTP port, the threads
         if http is not None:
             await http.stop(0)

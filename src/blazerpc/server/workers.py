@@ -34,7 +34,7 @@ class ServeConfig:
     app_path: str
     app_dir: Path = Path(".")
     host: str = "0.0.0.0"
-    port: int = 50051
+    port: int | None = 50051  # None: HTTP only (--transport jsonrpc)
     grace_period: float = 30.0
     tls: ServerTLS | None = None
     metrics_port: int | None = None

@@ -8,7 +8,8 @@ from typing import Any
 from grpc import StatusCode
 
 from ..._version import __version__
-from ...exceptions import ModelNotFoundError, RPCError, ValidationError
+from ...exceptions import RPCError, ValidationError
+from ...runtime.registry import served, version_key
 from ...runtime.runner import ModelRunner
 from .tensors import InputSpec, OutputSpec, Unsupported
 
@@ -31,6 +32,8 @@ class KServeModel:
         entry = runner.entry
         self.runner = runner
         self.name, self.version, self.streaming = entry.name, entry.version, entry.streaming
+        self.key = entry.key  # as the models are keyed: `name`, or `name@version` below the highest
+        self.versions = [self.version]
         self.unsupported: str | None = None
         self.inputs: dict[str, InputSpec] = {}
         try:
@@ -45,12 +48,8 @@ class KServeModel:
         self.takes_bytes = any(spec.datatype == "BYTES" for spec in self.inputs.values())
         self._defaults = {n: s.default for n, s in self.inputs.items() if not s.required}
 
-    def check(self, version: str) -> None:
-        """Refuse a call this model cannot take over KServe, or a version it does not serve."""
-        if version and version != self.version:
-            raise ModelNotFoundError(
-                f"model '{self.name}' has no version '{version}' (it serves '{self.version}')"
-            )
+    def check(self) -> None:
+        """Refuse a call this model cannot take over KServe."""
         if self.unsupported is not None:
             raise RPCError(StatusCode.UNIMPLEMENTED, self.unsupported)
 
@@ -63,7 +62,7 @@ class KServeModel:
     def metadata(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "versions": [self.version],
+            "versions": self.versions,
             "platform": PLATFORM,
             "inputs": [
                 {"name": s.name, "datatype": s.datatype, "shape": s.shape}
@@ -115,13 +114,16 @@ class KServeModel:
 
 
 def kserve_models(runners: dict[str, ModelRunner]) -> dict[str, KServeModel]:
-    return {name: KServeModel(runner) for name, runner in runners.items()}
+    models = {key: KServeModel(runner) for key, runner in runners.items()}
+    for model in models.values():  # issue 13: every version of a name, highest first
+        model.versions = [m.version for m in models.values() if m.name == model.name]
+        model.versions.sort(key=version_key, reverse=True)
+    return models
 
 
 def find(models: dict[str, KServeModel], name: str, version: str) -> KServeModel:
-    """The model a request names, ready to take a KServe call, or the error to answer."""
-    model = models.get(name)
-    if model is None:
-        raise ModelNotFoundError(f"no model named '{name}'")
-    model.check(version)
+    """The model a request names (its highest version unless `version` is given), ready to
+    take a KServe call, or the error to answer."""
+    model = served(models, name, version, lambda m: m.version)
+    model.check()
     return model

@@ -21,6 +21,7 @@ import numpy as np
 from ...codec import tensor_from_bytes, tensor_from_elements
 from ...convert import converter, result_array
 from ...exceptions import ValidationError
+from ...runtime.executor import drop_gradually
 from ...types import KSERVE_NAME_OF, Field, ListOf, MapOf, Scalar, Struct, Tensor
 from ..json_io import NON_FINITE
 
@@ -224,6 +225,7 @@ class InputSpec(_TensorForm):
                 raise ValidationError(
                     f"input '{self.name}': a str must be UTF-8: {exc}", field=self.name
                 ) from None
+            drop_gradually(items)  # the bytes, freed without holding the loop up
         return values[0] if self._kind == "scalar" else values
 
 
