@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_workers.py
 	$(BIN)/python benchmarks/bench_replicas.py
 	$(BIN)/python benchmarks/bench_admission.py
+	$(BIN)/python benchmarks/bench_stream_input.py
 	$(BIN)/python benchmarks/bench_percall.py
 	$(BIN)/python benchmarks/profile_call.py
 

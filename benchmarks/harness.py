@@ -349,9 +349,12 @@ def h2load(
     duration: float | None = None,
     requests: int | None = None,
     service: str = "blazerpc.InferenceService",
+    http1_json: bool = False,
     headers: Sequence[str] = (),
 ) -> LoadResult:
     """Run h2load against ``/<service>/<method>``; exactly one of duration/requests.
+    With ``http1_json`` it POSTs JSON over HTTP/1.1 (``--h1``, one request at a time per
+    connection) to ``/<method>`` instead: an HTTP API such as the OpenAI-compatible one.
 
     No ``--warm-up-time``: h2load would count warm-up DATA bytes but not warm-up responses,
     which breaks the byte-count check; ``alternate`` runs a discarded warm-up round instead.
@@ -360,9 +363,10 @@ def h2load(
     fd, name = tempfile.mkstemp(dir=WORK_DIR, prefix="h2load-", suffix=".log")
     os.close(fd)
     log_path = Path(name)  # empty and ours alone: h2load appends to an existing log
+    path = method if http1_json else f"{service}/{method}"
     cmd = [
         "h2load",
-        f"http://{HOST}:{port}/{service}/{method}",
+        f"http://{HOST}:{port}/{path}",
         "-c",
         str(clients),
         "-m",
@@ -371,10 +375,11 @@ def h2load(
         "1",
         "-d",
         str(payload),
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
+        *(
+            ["--h1", "-H", "content-type: application/json"]
+            if http1_json
+            else ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+        ),
         f"--log-file={log_path}",
     ]
     for header in headers:

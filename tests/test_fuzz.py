@@ -62,6 +62,18 @@ class Server:
             return exc.code()
         return grpc.StatusCode.OK
 
+    def streamed(self, method: str, messages: list[bytes], many_replies: bool) -> grpc.StatusCode:
+        """A call whose requests are a stream (client-streaming, or bidirectional)."""
+        try:
+            if many_replies:
+                for _ in self.channel.stream_stream(method)(iter(messages), timeout=10):
+                    pass
+            else:
+                self.channel.stream_unary(method)(iter(messages), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
         connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
         try:
@@ -243,9 +255,26 @@ def _no_server_error_in(replies: Any) -> None:
 def test_native_grpc_random_bytes(server: Server) -> None:
     @given(st.sampled_from(MODELS), st.binary(max_size=256))
     def case(model: str, data: bytes) -> None:
+        entry = app.registry.get(model)
         method = f"/blazerpc.InferenceService/Predict{RPCS[model]}"
-        call = server.server_stream if model == "tokens" else server.unary
-        assert call(method, data) in CLIENT_ERRORS
+        if entry.client_streaming:
+            code = server.streamed(method, [data], many_replies=entry.streaming)
+        else:
+            code = (server.server_stream if entry.streaming else server.unary)(method, data)
+        assert code in CLIENT_ERRORS
+
+    case()
+    server.assert_still_serving()
+
+
+def test_native_grpc_request_streams(server: Server) -> None:
+    @given(
+        st.sampled_from(["total", "live"]),
+        st.lists(st.binary(max_size=64) | st.just(b"\x08\x01"), max_size=8),
+    )
+    def case(model: str, messages: list[bytes]) -> None:
+        method = f"/blazerpc.InferenceService/Predict{RPCS[model]}"
+        assert server.streamed(method, messages, many_replies=model == "live") in CLIENT_ERRORS
 
     case()
     server.assert_still_serving()
@@ -336,9 +365,47 @@ def test_json_rpc_event_streams(server: Server) -> None:
     server.assert_still_serving()
 
 
+# --- OpenAI-compatible ---------------------------------------------------------------------
+
+_OPENAI_MODELS = st.sampled_from(["echo", "tokens", "rows", "nope"])
+_MESSAGES = st.lists(
+    st.fixed_dictionaries(
+        {"role": _either(st.sampled_from(["user", "system"])), "content": _either(st.text())}
+    ),
+    max_size=3,
+)
+
+
+def openai_bodies() -> st.SearchStrategy[Any]:
+    common = {"model": _either(_OPENAI_MODELS), "stream": _either(st.booleans())}
+    optional = {"times": json_values, "n": json_values, "max_tokens": json_values}
+    completion = st.fixed_dictionaries(
+        {**common, "prompt": _either(st.text(max_size=20))}, optional=optional
+    )
+    chat = st.fixed_dictionaries({**common, "messages": _either(_MESSAGES)}, optional=optional)
+    return st.one_of(completion, chat, json_values)
+
+
+def test_openai_requests(server: Server) -> None:
+    @given(st.sampled_from(["/v1/completions", "/v1/chat/completions"]), openai_bodies())
+    def case(path: str, body: Any) -> None:
+        status, reply = server.post(path, _json_bytes(body), {"Content-Type": "application/json"})
+        assert status < 500, reply
+        for block in reply.decode().split("\n\n"):
+            if block.startswith("data: {") and '"error"' in block:
+                assert json.loads(block[6:])["error"]["type"] != "server_error", block
+            elif block.startswith("{") and status >= 400:
+                assert json.loads(block)["error"]["type"] != "server_error", block
+
+    case()
+    server.assert_still_serving()
+
+
 def test_raw_bytes_on_the_http_port(server: Server) -> None:
     @given(
-        st.sampled_from(["/jsonrpc", "/jsonrpc/stream/tokens", "/v2/models/echo/infer"]),
+        st.sampled_from(
+            ["/jsonrpc", "/jsonrpc/stream/tokens", "/v2/models/echo/infer", "/v1/completions"]
+        ),
         st.binary(max_size=128),
     )
     def case(path: str, body: bytes) -> None:

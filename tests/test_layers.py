@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "blazerpc.protocols",
             "blazerpc.server.handlers",
+            "blazerpc.server.streams",
             "blazerpc.server.health",
             "blazerpc.server.reflection",
         ),

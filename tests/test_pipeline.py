@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -109,7 +109,22 @@ async def test_bad_input_is_invalid_argument_and_middleware_sees_it() -> None:
     call = ModelCall(runner_for(double), open_policy(recorder), wire(transport))
     failure = await call.unary({}, transport)
     assert failure == Failure(StatusCode.INVALID_ARGUMENT, "missing required field 'n'")
+    assert failure.field == "n"
     assert recorder.seen == [("/fake/model", StatusCode.INVALID_ARGUMENT)]
+
+
+def total(numbers: Iterator[int]) -> int:
+    return sum(numbers)
+
+
+async def test_a_model_taking_a_stream_is_refused_where_the_wire_carries_none() -> None:
+    transport, recorder = FakeTransport(), Recorder()
+    call = ModelCall(runner_for(total), open_policy(recorder), wire(transport))
+    failure = await call.unary({"numbers": iter([1, 2])}, transport)
+    assert failure.code is StatusCode.UNIMPLEMENTED
+    assert "takes a stream of requests" in failure.details
+    assert transport.decoded == 0
+    assert recorder.seen == [("/fake/model", StatusCode.UNIMPLEMENTED)]
 
 
 async def test_a_model_fault_is_internal_and_logged_once(

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from .exceptions import ConfigurationError
 from .injection import injected_marker
 from .policy import CallPolicy
+from .protocols.openai_models import ChatTemplate, OpenAIModel, check_openai_model
 from .runtime.batcher import BatchSettings
 from .runtime.registry import BatchOverrides, ModelEntry, ModelRegistry
 from .schema import Schema, build_schema
@@ -104,13 +105,21 @@ class BlazeApp:
         batch_timeout_ms: float | None = None,
         max_queue_size: int | None = None,
         max_concurrent_batches: int | None = None,
+        openai: bool = False,
+        chat_template: ChatTemplate | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as model `name`; the function is returned unchanged.
 
         `batched=True` makes the function take a list per parameter and return a list (tensor
-        models with a named leading axis batch without it). The other keywords override the
+        models with a named leading axis batch without it). The batching keywords override the
         app's batching settings for this model.
+
+        `openai=True` also serves a text model on the HTTP port's OpenAI-compatible endpoints
+        (`/v1/completions`, `/v1/chat/completions`); `chat_template` folds chat messages into
+        its prompt (default: `default_chat_template`).
         """
+        if chat_template is not None and not openai:
+            raise ConfigurationError(f"model '{name}': chat_template needs openai=True")
 
         def register(func: F) -> F:
             entry = self.registry.register(
@@ -129,6 +138,9 @@ class BlazeApp:
                     f"model '{name}': batched=True cannot take Context or Depends parameters "
                     "(one call serves many requests, each with its own context)"
                 )
+            if openai:
+                check_openai_model(entry)
+                entry.openai = OpenAIModel(entry, chat_template)
             self._schema = None
             return func
 
@@ -176,7 +188,7 @@ class BlazeApp:
 
     def batch_settings(self, entry: ModelEntry) -> BatchSettings | None:
         """How `entry` batches, or None when it runs call by call."""
-        if entry.streaming:
+        if entry.streaming or entry.client_streaming:
             return None
         auto = self.enable_batching and entry.stacks_tensors and not entry.signature.injected
         if not (entry.batched or auto):

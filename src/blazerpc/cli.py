@@ -62,7 +62,10 @@ def banner(
     """Each model with its version and how it runs, then where the server listens."""
     lines = [f"BlazeRPC '{app.name}' serving {len(app.registry)} model(s):"]
     for m in app.registry:
-        if m.streaming:
+        if m.client_streaming:
+            mode = "bidirectional streaming" if m.streaming else "client streaming"
+            mode += ", never batched"
+        elif m.streaming:
             mode = "streaming"
         elif (settings := app.batch_settings(m)) is not None:
             mode = f"unary, batched (up to {settings.max_batch_size})"
@@ -90,8 +93,8 @@ def _runs_where(entry: ModelEntry, app: BlazeApp) -> str:
     """Where calls run (runtime/executor.py); `server.modes()` says where they run now."""
     if inspect.iscoroutinefunction(entry.func) or inspect.isasyncgenfunction(entry.func):
         return "on the event loop"
-    if entry.streaming or app.inline_limit_us <= 0:
-        return "in threads"
+    if entry.streaming or entry.client_streaming or app.inline_limit_us <= 0:
+        return "in threads"  # a model reading a stream waits on the loop for its items
     return f"in threads, inline on the loop while calls take < {app.inline_limit_us:g} µs"
 
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Mapping, Sequence
+import threading
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +70,30 @@ class _Method:
     streaming: bool
     request: Codec
     response: Codec
+    client_streaming: bool = False
+
+    def items(self, model: str, inputs: dict[str, Any]) -> Any:
+        """The iterable a model that takes a stream was given as its one keyword argument."""
+        (name,) = (f.name for f in self.request.fields)
+        items = inputs.get(name)
+        if (
+            inputs.keys() != {name}
+            or not isinstance(items, (Iterable, AsyncIterable))
+            or isinstance(items, (str, bytes, bytearray, Mapping))  # one item, not a stream
+        ):
+            raise ValidationError(
+                f"model '{model}' takes a stream: pass an iterable or async iterable of its "
+                f"items as {name}=... (a list of one for a single item), and nothing else",
+                field=name,
+            )
+        return items
+
+    def encode_item(self, index: int, item: Any) -> bytes:
+        (name,) = (f.name for f in self.request.fields)
+        try:
+            return self.request.encode({name: item}).SerializeToString()
+        except ValidationError as exc:
+            raise ValidationError(f"item {index}: {exc}", field=name) from None
 
     def encode(self, model: str, inputs: dict[str, Any]) -> bytes:
         known = {f.name for f in self.request.fields}
@@ -87,6 +121,7 @@ def _methods(schema: Schema) -> dict[str, _Method]:
             m.server_streaming,
             Codec(request, fields_of(m.input_type, memo)),
             Codec(response, fields_of(m.output_type, memo)),
+            m.client_streaming,
         )
     return methods
 
@@ -102,6 +137,7 @@ def _registry_methods(registry: ModelRegistry) -> dict[str, _Method]:
                 entry.streaming,
                 Codec(schema.request_class(entry.rpc), entry.signature.params),
                 Codec(schema.response_class(entry.rpc), (entry.signature.result,)),
+                entry.client_streaming,
             )
     return methods
 
@@ -317,9 +353,13 @@ class BlazeClient(_ClientBase):
 
     async def predict(self, model: str = "", /, **inputs: Any) -> Any:
         """Call a unary model and return its result. `model` is its name, or `name@version`
-        for one version; it may also be given as `model_name=` (as in 2.2.1)."""
+        for one version; it may also be given as `model_name=` (as in 2.2.1). A model that
+        takes a stream gets it as its one keyword argument, an iterable or async iterable sent
+        item by item as it yields: `await client.predict("transcribe", chunks=microphone())`."""
         model = _model_name(model, inputs)
         method = await self._method(model)
+        if method.client_streaming:
+            return await self._predict_streamed(method, method.items(model, inputs))
         call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
         call = self._get_channel().unary_unary(method.path)
         try:
@@ -330,10 +370,71 @@ class BlazeClient(_ClientBase):
             raise _error(exc) from None
         return method.decode(data)
 
+    async def _predict_streamed(self, method: _Method, items: Any) -> Any:
+        upload: grpc.aio.StreamUnaryMultiCallable[bytes, bytes]
+        upload = self._get_channel().stream_unary(method.path)
+        call = upload(timeout=self.timeout, metadata=self.metadata)
+        sender = _Sender(call, method, items)
+        try:
+            data = await call
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        except asyncio.CancelledError:
+            if sender.error is None:
+                raise
+            raise sender.error from None
+        finally:
+            sender.stop()
+        return method.decode(data)
+
     def stream(self, model: str = "", /, **inputs: Any) -> AsyncIterator[Any]:
-        """Iterate a streaming model's chunks as they arrive; leaving the loop cancels the call."""
+        """Iterate a streaming model's chunks as they arrive; leaving the loop cancels the call.
+        A bidirectional model gets its stream as its one keyword argument, as in `predict`."""
         model = _model_name(model, inputs)
         return _Stream(self, model, inputs)
+
+
+async def _each(items: Any) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+class _Sender:
+    """Writes a call's request stream in the background, each item as the iterable yields it,
+    then half-closes. If the iterable raises or an item does not fit the schema, the call is
+    cancelled and that error is what the caller sees."""
+
+    def __init__(self, call: Any, method: _Method, items: Any) -> None:
+        self.error: BaseException | None = None
+        self._call = call
+        self._task = asyncio.ensure_future(self._send(method, items))
+
+    async def _send(self, method: _Method, items: Any) -> None:
+        call = self._call
+        try:
+            index = 0
+            async for item in _each(items):
+                if call.done():  # the server has answered: the rest is not wanted
+                    return
+                await call.write(method.encode_item(index, item))
+                index += 1
+            if not call.done():
+                await call.done_writing()
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            pass  # the call has ended; whoever reads it reports how
+        except Exception as exc:
+            self.error = exc
+            call.cancel()
+
+    def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        if not self._call.done():
+            self._call.cancel()
 
 
 class _Stream:
@@ -343,6 +444,7 @@ class _Stream:
         self._client, self._model, self._inputs = client, model, inputs
         self._call: Any = None
         self._method: _Method | None = None
+        self._sender: _Sender | None = None
         self._closed = False
 
     def __aiter__(self) -> _Stream:
@@ -353,19 +455,32 @@ class _Stream:
             raise StopAsyncIteration
         if self._call is None:
             client = self._client
-            self._method = await client._method(self._model, streaming=True)
-            stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
-            stream = client._get_channel().unary_stream(self._method.path)
-            self._call = stream(
-                self._method.encode(self._model, self._inputs),
-                timeout=client.timeout,
-                metadata=client.metadata,
-            )
+            method = self._method = await client._method(self._model, streaming=True)
+            if method.client_streaming:
+                items = method.items(self._model, self._inputs)
+                self._call = client._get_channel().stream_stream(method.path)(
+                    timeout=client.timeout, metadata=client.metadata
+                )
+                self._sender = _Sender(self._call, method, items)
+            else:
+                stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+                stream = client._get_channel().unary_stream(method.path)
+                self._call = stream(
+                    method.encode(self._model, self._inputs),
+                    timeout=client.timeout,
+                    metadata=client.metadata,
+                )
         try:
             data = await self._call.read()
         except grpc.RpcError as exc:
             raise _error(exc) from None
+        except asyncio.CancelledError:
+            if self._sender is None or self._sender.error is None:
+                raise
+            raise self._sender.error from None
         if data is grpc.aio.EOF:
+            if self._sender is not None:
+                self._sender.stop()
             raise StopAsyncIteration
         assert self._method is not None  # resolved with the call, above
         return self._method.decode(data)
@@ -373,6 +488,8 @@ class _Stream:
     def cancel(self) -> None:
         """Stop the call now; iteration then ends."""
         self._closed = True
+        if self._sender is not None:
+            self._sender.stop()
         if self._call is not None:
             self._call.cancel()
 
@@ -439,6 +556,19 @@ class SyncBlazeClient(_ClientBase):
     def predict(self, model: str = "", /, **inputs: Any) -> Any:
         model = _model_name(model, inputs)
         method = self._method(model)
+        if method.client_streaming:
+            requests = _SyncRequests(method, method.items(model, inputs))
+            upload: grpc.StreamUnaryMultiCallable[bytes, bytes]
+            upload = self._channel.stream_unary(method.path)
+            future = upload.future(iter(requests), timeout=self.timeout, metadata=self.metadata)
+            requests.started(future)
+            try:
+                data = future.result()
+            except grpc.RpcError as exc:
+                raise requests.error or _error(exc) from None
+            except grpc.FutureCancelledError:
+                raise requests.error or BlazeRPCError("the call was cancelled") from None
+            return method.decode(data)
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method.path)
         try:
             data = call(method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata)
@@ -449,13 +579,50 @@ class SyncBlazeClient(_ClientBase):
     def stream(self, model: str = "", /, **inputs: Any) -> Iterator[Any]:
         model = _model_name(model, inputs)
         method = self._method(model, streaming=True)
-        stream: grpc.UnaryStreamMultiCallable[bytes, bytes]
-        stream = self._channel.unary_stream(method.path)
-        call = stream(method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata)
+        requests = None
+        if method.client_streaming:
+            requests = _SyncRequests(method, method.items(model, inputs))
+            both: grpc.StreamStreamMultiCallable[bytes, bytes]
+            both = self._channel.stream_stream(method.path)
+            call = both(iter(requests), timeout=self.timeout, metadata=self.metadata)
+            requests.started(call)
+        else:
+            stream: grpc.UnaryStreamMultiCallable[bytes, bytes]
+            stream = self._channel.unary_stream(method.path)
+            call = stream(
+                method.encode(model, inputs), timeout=self.timeout, metadata=self.metadata
+            )
         try:
             for data in call:
                 yield method.decode(data)
         except grpc.RpcError as exc:
-            raise _error(exc) from None
+            raise (requests and requests.error) or _error(exc) from None
         finally:
             call.cancel()
+
+
+class _SyncRequests:
+    """The request stream of a blocking call, encoded item by item in grpc's sending thread.
+    A failing iterable or item cancels the call (rather than half-closing it, which would
+    pass a truncated stream off as complete) and is kept for the caller to raise."""
+
+    def __init__(self, method: _Method, items: Iterable[Any]) -> None:
+        if not isinstance(items, Iterable):
+            raise ValidationError("SyncBlazeClient streams a plain iterable, not an async one")
+        self.error: Exception | None = None
+        self._method, self._items = method, items
+        self._call: Any = None
+        self._has_call = threading.Event()
+
+    def started(self, call: Any) -> None:
+        self._call = call
+        self._has_call.set()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for index, item in enumerate(self._items):
+                yield self._method.encode_item(index, item)
+        except Exception as exc:
+            self.error = exc
+            self._has_call.wait()
+            self._call.cancel()

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from grpc import StatusCode
 
 from .convert import WrongResult
-from .exceptions import InferenceError, status_of
+from .exceptions import InferenceError, RPCError, status_of
 from .injection import Context, injector
 from .policy import CallPolicy
 from .runtime.runner import ModelRunner
@@ -36,10 +36,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """How a call ended when it did not succeed: a gRPC status and the details to show."""
+    """How a call ended when it did not succeed: a gRPC status and the details to show, and
+    the request field at fault where the error named one (for protocols that report it)."""
 
     code: StatusCode
     details: str
+    field: str | None = field(default=None, compare=False)
 
 
 def fail(exc: BaseException, where: str) -> Failure:
@@ -48,7 +50,7 @@ def fail(exc: BaseException, where: str) -> Failure:
     code, details = status_of(exc)
     if code is StatusCode.INTERNAL:
         logger.error("%s failed", where, exc_info=exc)
-    return Failure(code, details)
+    return Failure(code, details, getattr(exc, "field", None))
 
 
 def _failure(model: str, where: str) -> Callable[[Exception], Failure]:
@@ -78,6 +80,8 @@ class Wire(Generic[Req, Ctx, Out]):
     (many BYTES elements), so it runs in a thread and the loop goes on serving other calls.
     `admitted(ctx)`, called once the call is admitted and before the model runs, may return
     an awaitable to wait on (the native service sends early headers there when asked).
+    `streamed_requests` says the route carries a stream of requests (native gRPC's client
+    and bidirectional streams); a model that takes a stream is refused on any other route.
     """
 
     protocol: str
@@ -88,6 +92,7 @@ class Wire(Generic[Req, Ctx, Out]):
     timeout: Callable[[Ctx], float | None] = _no_timeout
     decode_in_thread: Callable[[Req], bool] | None = None
     admitted: Callable[[Ctx], Awaitable[None] | None] | None = None
+    streamed_requests: bool = False
 
 
 async def _close(chunks: AsyncGenerator[Any, None]) -> None:
@@ -115,10 +120,19 @@ class ModelCall(Generic[Req, Ctx, Out]):
         self._where = f"model '{entry.name}' over {wire.protocol}"
         self._failure = _failure(entry.name, self._where)
         self._inject = injector(entry.signature.injected) if entry.signature.injected else None
+        self._refusal: str | None = None
+        if entry.client_streaming and not wire.streamed_requests:
+            self._refusal = (
+                f"model '{entry.name}' takes a stream of requests; call it over the native "
+                "gRPC service (BlazeClient, grpcurl, protoc stubs)"
+            )
         if not entry.streaming:
-            self.unary = self._plain_unary() if not policy.middleware else self._observed_unary()
+            plain = not policy.middleware and self._refusal is None
+            self.unary = self._plain_unary() if plain else self._observed_unary()
 
     async def _arguments(self, request: Req, ctx: Ctx, caller: RequestEvent | None) -> Any:
+        if self._refusal is not None:
+            raise RPCError(StatusCode.UNIMPLEMENTED, self._refusal)
         heavy = self._wire.decode_in_thread
         if heavy is not None and heavy(request):
             kwargs = await asyncio.to_thread(self._wire.decode, request)

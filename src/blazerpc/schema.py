@@ -141,6 +141,7 @@ def build_file(
                 name=f"Predict{rpc}",
                 input_type=f".{PACKAGE}.{model.rpc}Request",
                 output_type=f".{PACKAGE}.{model.rpc}Response",
+                client_streaming=model.client_streaming,
                 server_streaming=model.streaming,
             )
     return builder.file
@@ -259,10 +260,11 @@ def proto_text(file: FileDescriptor) -> str:
     for service in fdp.service:
         out.append(f"service {service.name} {{")
         for m in service.method:
-            stream = "stream " if m.server_streaming else ""
+            stream_in = "stream " if m.client_streaming else ""
+            stream_out = "stream " if m.server_streaming else ""
             out.append(
-                f"  rpc {m.name}({m.input_type.removeprefix('.' + PACKAGE + '.')}) "
-                f"returns ({stream}{m.output_type.removeprefix('.' + PACKAGE + '.')});"
+                f"  rpc {m.name}({stream_in}{m.input_type.removeprefix('.' + PACKAGE + '.')}) "
+                f"returns ({stream_out}{m.output_type.removeprefix('.' + PACKAGE + '.')});"
             )
         out += ["}", ""]
     return "\n".join(out)

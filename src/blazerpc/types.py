@@ -275,13 +275,51 @@ def _batch_item(annotation: Any, where: str) -> Any:
     return typing.get_args(annotation)[0]
 
 
+_INPUT_STREAMS: dict[Any, bool] = {
+    collections.abc.AsyncIterator: True,
+    collections.abc.AsyncIterable: True,
+    collections.abc.Iterator: False,
+    collections.abc.Iterable: False,
+}
+
+
 @dataclass(frozen=True)
 class Signature:
-    """A model function's wire-visible parameters and result, plus what is injected."""
+    """A model function's wire-visible parameters and result, plus what is injected.
+
+    `streamed` names the parameter that receives a stream of requests (client-streaming and
+    bidirectional models); its one field in `params` is the type of one item.
+    """
 
     params: tuple[Field, ...]
     result: Field
     injected: dict[str, Any]
+    streamed: str | None = None
+
+
+def _streamed_item(func: Callable[..., Any], name: str, annotation: Any, where: str) -> Any | None:
+    """The item type of a parameter annotated as a stream, or None for any other parameter."""
+    origin = typing.get_origin(annotation) or annotation
+    is_async = _INPUT_STREAMS.get(origin) if isinstance(origin, type) else None
+    if is_async is None:
+        return None
+    args = typing.get_args(annotation)
+    if not args:
+        raise ConfigurationError(
+            f"{where}: say what one item is, e.g. '{name}: AsyncIterator[str]'"
+        )
+    model_is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+    if model_is_async and not is_async:
+        raise ConfigurationError(
+            f"{where}: an async def model receives its stream as "
+            f"'{name}: AsyncIterator[...]' and reads it with 'async for'"
+        )
+    if is_async and not model_is_async:
+        raise ConfigurationError(
+            f"{where}: a plain def model runs in a thread and receives its stream as "
+            f"'{name}: Iterator[...]'; or make it 'async def' to keep AsyncIterator"
+        )
+    return args[0]
 
 
 def signature_of(
@@ -306,6 +344,7 @@ def signature_of(
         raise ConfigurationError(f"{where}: cannot resolve annotations: {exc}") from exc
     params: list[Field] = []
     injected: dict[str, Any] = {}
+    streamed: list[str] = []
     for p in inspect.signature(func).parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise ConfigurationError(f"{where}: *args and **kwargs cannot become message fields")
@@ -319,9 +358,16 @@ def signature_of(
                 f"{where}: parameter '{p.name}' has no type annotation; "
                 f"annotate it, e.g. '{p.name}: str'"
             )
+        item = _streamed_item(func, p.name, annotation, f"{where}, parameter '{p.name}'")
+        if item is not None:
+            streamed.append(p.name)
+            params.append(field_spec(p.name, item, _NO_DEFAULT, f"{where}, items of '{p.name}'"))
+            continue
         if batched:
             annotation = _batch_item(annotation, f"{where}, parameter '{p.name}'")
         params.append(field_spec(p.name, annotation, p.default, f"{where}, parameter '{p.name}'"))
+    if streamed:
+        _check_streamed(where, streamed, params, batched)
     if "return" not in hints:
         raise ConfigurationError(f"{where}: add a return annotation, e.g. '-> str'")
     result_ann = hints["return"]
@@ -333,4 +379,25 @@ def signature_of(
         tuple(params),
         field_spec("result", result_ann, _NO_DEFAULT, f"{where}, return annotation"),
         injected,
+        streamed[0] if streamed else None,
     )
+
+
+def _check_streamed(where: str, streamed: list[str], params: list[Field], batched: bool) -> None:
+    if len(streamed) > 1:
+        raise ConfigurationError(
+            f"{where}: only one parameter can be a stream, got {', '.join(map(repr, streamed))}; "
+            "stream a dataclass that holds each of them"
+        )
+    others = [f.name for f in params if f.name != streamed[0]]
+    if others:
+        # Every request message of the stream is one item, so a per-call field has no home.
+        raise ConfigurationError(
+            f"{where}: a model that takes a stream ('{streamed[0]}') takes no other request "
+            f"fields, got {', '.join(map(repr, others))}; put them in each item (stream a "
+            "dataclass) or read them from metadata through a Context parameter"
+        )
+    if batched:
+        raise ConfigurationError(
+            f"{where}: a model that takes a stream is never batched; drop batched=True"
+        )

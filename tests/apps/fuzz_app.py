@@ -19,7 +19,7 @@ class Point:
     y: float
 
 
-@app.model("echo")
+@app.model("echo", openai=True)
 async def echo(text: str, times: int = 1) -> str:
     return text * max(0, min(times, 3))
 
@@ -44,7 +44,18 @@ def anything(values: list[float]) -> list[float]:
     return values
 
 
-@app.model("tokens", streaming=True)
+@app.model("tokens", streaming=True, openai=True)
 async def tokens(prompt: str) -> AsyncIterator[str]:
     for word in prompt.split()[:5]:
         yield word
+
+
+@app.model("total")
+async def total(numbers: AsyncIterator[int]) -> int:
+    return sum([n async for n in numbers])
+
+
+@app.model("live", streaming=True)
+async def live(points: AsyncIterator[Point]) -> AsyncIterator[float]:
+    async for point in points:
+        yield point.x + point.y

@@ -1,5 +1,5 @@
-"""The HTTP server that carries KServe v2 REST and JSON-RPC, started and stopped with the
-gRPC server and calling the same runners.
+"""The HTTP server that carries KServe v2 REST, JSON-RPC and the OpenAI-compatible API, started
+and stopped with the gRPC server and calling the same runners.
 
 It is aiohttp: it runs on the event loop grpc.aio already uses, so one process has one loop
 and one set of runners (and batchers) for every protocol; it parses HTTP in C (llhttp) and
@@ -62,6 +62,7 @@ async def start_http_server(
         ) from None
     from .jsonrpc import add_jsonrpc_routes
     from .kserve_rest import add_kserve_routes
+    from .openai import add_openai_routes
 
     web_handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -93,7 +94,10 @@ async def start_http_server(
     add_jsonrpc_routes(
         app, runners, policy, max_json_bytes=max_json_bytes, max_batch_calls=max_jsonrpc_batch
     )
-    runner = web.AppRunner(app, access_log=None)
+    add_openai_routes(app, runners, policy, max_json_bytes)
+    # A client that disconnects cancels its handler, so a model generating for it stops at
+    # once, as on gRPC, not at its next write.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(

@@ -222,10 +222,13 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="blazerpc-model")
         self._inline_limit_s = inline_limit_s
 
-    def invoker(self, func: Callable[..., Any]) -> Invoke:
+    def invoker(self, func: Callable[..., Any], *, inline: bool = True) -> Invoke:
+        """`inline=False` keeps a plain `def` in the pool however cheap it is: a model that
+        reads a stream of requests waits on the loop for each item, so on the loop it would
+        wait forever."""
         if inspect.iscoroutinefunction(func):
             return lambda kwargs: func(**kwargs)
-        return SyncCalls(func, self._pool, self._inline_limit_s)
+        return SyncCalls(func, self._pool, self._inline_limit_s if inline else 0)
 
     def streamer(self, func: Callable[..., Any]) -> Stream:
         if inspect.isasyncgenfunction(func):

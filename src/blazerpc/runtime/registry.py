@@ -76,12 +76,18 @@ class ModelEntry:
     signature: Signature
     batched: bool = False
     batching: BatchOverrides = field(default_factory=BatchOverrides)
+    openai: Any = None  # an OpenAIModel when served on the OpenAI-compatible endpoints
     # Set by the registry from the versions registered under this name: the highest version
     # is `name` and `Predict<Name>` (plus `Predict<Name>V<version>` as an alias when there
     # are several); another version is `name@version` and `Predict<Name>V<version>`.
     rpc: str = ""
     key: str = ""
     aliases: tuple[str, ...] = ()
+
+    @property
+    def client_streaming(self) -> bool:
+        """The model takes a stream of requests (with `streaming`, the RPC is bidirectional)."""
+        return self.signature.streamed is not None
 
     @property
     def method(self) -> str:

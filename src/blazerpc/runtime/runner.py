@@ -49,7 +49,7 @@ class ModelRunner:
         if entry.streaming:
             self.stream = self._bounded_stream(executor.streamer(entry.func))
             return
-        invoke = executor.invoker(entry.func)
+        invoke = executor.invoker(entry.func, inline=not entry.client_streaming)
         if isinstance(invoke, SyncCalls):
             self.sync_calls = invoke
         if batching is not None:

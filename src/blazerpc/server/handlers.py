@@ -23,6 +23,7 @@ from ..protocols.grpc_aio import ServicerContext, abort, grpc_caller, remaining
 from ..runtime.registry import ModelEntry
 from ..runtime.runner import ModelRunner
 from ..schema import Schema
+from .streams import stream_input_handler
 
 logger = logging.getLogger("blazerpc.server")
 
@@ -92,11 +93,14 @@ def model_handlers(
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for runner in runners:
         entry = runner.entry
-        call = ModelCall(runner, policy, native_wire(entry, schema))
         handler: grpc.RpcMethodHandler[Any, Any]
-        if entry.streaming:
+        if entry.client_streaming:  # client-streaming and bidirectional models
+            handler = stream_input_handler(runner, schema, policy, _admitted)
+        elif entry.streaming:
+            call = ModelCall(runner, policy, native_wire(entry, schema))
             handler = grpc.unary_stream_rpc_method_handler(_streamer(call))
         else:
+            call = ModelCall(runner, policy, native_wire(entry, schema))
             handler = grpc.unary_unary_rpc_method_handler(call.unary)
         for rpc in (entry.rpc, *entry.aliases):  # aliases: issue 13, model versions
             handlers[f"Predict{rpc}"] = handler
