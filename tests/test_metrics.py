@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -16,6 +16,13 @@ from blazerpc.server.middleware import MetricsMiddleware
 
 from .processes import blaze_serve, exits_within, sample, scrape, wait_serving
 from .support import free_port, path
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
 
 
 async def test_requests_durations_and_batches_are_counted() -> None:
@@ -52,12 +59,14 @@ async def test_requests_durations_and_batches_are_counted() -> None:
                 assert info.value.code.name == code
             assert [x async for x in client.stream("metered-stream", n=3)] == [0, 1, 2]
 
-            first = asyncio.create_task(client.predict("metered-batch", seconds=0.5))
-            await asyncio.sleep(0.1)
+            batch_stats = server.stats
+            first = asyncio.create_task(client.predict("metered-batch", seconds=2.0))
+            await until(lambda: batch_stats()["metered-batch"].requests == 1)
             queued = [
                 asyncio.create_task(client.predict("metered-batch", seconds=0.0)) for _ in range(5)
             ]
-            await asyncio.sleep(0.1)
+            # Waited for, not slept on: on a loaded machine the five arrive late.
+            await until(lambda: batch_stats()["metered-batch"].queue_depth == 5)
             during = await asyncio.to_thread(scrape, metrics_port)
             assert await first == 1
             assert await asyncio.gather(*queued) == [5] * 5
