@@ -6,8 +6,14 @@ raises `MissingExtra` naming the extra to install (`pip install 'blazerpc[pytorc
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
+
+import numpy as np
 
 from ..exceptions import ConfigurationError
 
@@ -24,3 +30,34 @@ def require(module: str, extra: str) -> ModuleType:
         raise MissingExtra(
             f"this helper needs {module}, which is not installed: pip install 'blazerpc[{extra}]'"
         ) from None
+
+
+def converting(
+    fn: Callable[..., Any],
+    to_framework: Callable[[np.ndarray], Any],
+    tensor_type: type,
+    to_numpy: Callable[[Any], np.ndarray],
+) -> Callable[..., Any]:
+    """`fn` (sync or async) taking numpy arguments as the framework's tensors and giving a
+    tensor result back as numpy: the shared body of `@torch_model` and `@tf_model`."""
+
+    def convert(value: Any) -> Any:
+        return to_framework(value) if isinstance(value, np.ndarray) else value
+
+    def output(result: Any) -> Any:
+        return to_numpy(result) if isinstance(result, tensor_type) else result
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            converted = {k: convert(v) for k, v in kwargs.items()}
+            return output(await fn(*map(convert, args), **converted))
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return output(fn(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()}))
+
+    return run

@@ -3,14 +3,12 @@ tensors and returns numpy arrays. Needs `pip install 'blazerpc[pytorch]'`."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from . import require
+from . import converting, require
 
 
 def _torch() -> Any:
@@ -45,32 +43,8 @@ def torch_model(func: Callable[..., Any] | None = None, *, device: str = "cpu") 
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         torch = _torch()
-
-        def inputs(
-            args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[list[Any], dict[str, Any]]:
-            def convert(v: Any) -> Any:
-                return numpy_to_torch(v, device) if isinstance(v, np.ndarray) else v
-
-            return [convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}
-
-        def output(result: Any) -> Any:
-            return torch_to_numpy(result) if isinstance(result, torch.Tensor) else result
-
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                a, k = inputs(args, kwargs)
-                return output(await fn(*a, **k))
-
-            return run_async
-
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            a, k = inputs(args, kwargs)
-            return output(fn(*a, **k))
-
-        return run
+        return converting(
+            fn, lambda array: numpy_to_torch(array, device), torch.Tensor, torch_to_numpy
+        )
 
     return decorate(func) if func is not None else decorate

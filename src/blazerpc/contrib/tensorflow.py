@@ -3,14 +3,12 @@ TF tensors and returns numpy arrays. Needs `pip install 'blazerpc[tensorflow]'`.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from . import require
+from . import converting, require
 
 
 def _tf() -> Any:
@@ -38,32 +36,6 @@ def tf_model(func: Callable[..., Any] | None = None, *, dtype: Any = None) -> An
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         tf = _tf()
-
-        def inputs(
-            args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[list[Any], dict[str, Any]]:
-            def convert(v: Any) -> Any:
-                return numpy_to_tf(v, dtype) if isinstance(v, np.ndarray) else v
-
-            return [convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}
-
-        def output(result: Any) -> Any:
-            return tf_to_numpy(result) if isinstance(result, tf.Tensor) else result
-
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                a, k = inputs(args, kwargs)
-                return output(await fn(*a, **k))
-
-            return run_async
-
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            a, k = inputs(args, kwargs)
-            return output(fn(*a, **k))
-
-        return run
+        return converting(fn, lambda array: numpy_to_tf(array, dtype), tf.Tensor, tf_to_numpy)
 
     return decorate(func) if func is not None else decorate
