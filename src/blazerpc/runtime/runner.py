@@ -78,15 +78,7 @@ class ModelRunner:
         return predict
 
     def _bounded_stream(self, stream: Stream) -> Stream:
-        def bounded(kwargs: dict[str, Any]) -> AsyncGenerator[Any, None]:
-            self._admit()
-            try:
-                return Counted(stream(kwargs), self._release)
-            except BaseException:
-                self._release()
-                raise
-
-        return bounded
+        return counted(stream, self._admit, self._release)
 
     def _release(self) -> None:
         self.in_flight -= 1
@@ -108,6 +100,21 @@ class ModelRunner:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+
+
+def counted(stream: Stream, enter: Callable[[], None], leave: Callable[[], None]) -> Stream:
+    """`stream` with `enter()` as each call starts and `leave()` once as it ends, fails or is
+    closed: how a model's streams are admitted, and counted in flight."""
+
+    def entered(kwargs: dict[str, Any]) -> AsyncGenerator[Any, None]:
+        enter()
+        try:
+            return Counted(stream(kwargs), leave)
+        except BaseException:
+            leave()
+            raise
+
+    return entered
 
 
 class Counted(AsyncGenerator[Any, None]):

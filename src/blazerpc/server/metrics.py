@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from ..runtime.runner import Counted
+from ..runtime.runner import counted
 
 if TYPE_CHECKING:
     from ..runtime.runner import ModelRunner
@@ -136,28 +135,18 @@ def count_in_flight(runner: ModelRunner) -> None:
     entry point, so servers without metrics pay nothing."""
     gauge = prometheus_metrics().in_flight.labels(runner.entry.name)
     if runner.entry.streaming:
-        stream = runner.stream
-
-        def counted_stream(kwargs: dict[str, Any]) -> AsyncGenerator[Any, None]:
-            gauge.inc()
-            try:
-                return Counted(stream(kwargs), gauge.dec)
-            except BaseException:
-                gauge.dec()
-                raise
-
-        runner.stream = counted_stream
+        runner.stream = counted(runner.stream, gauge.inc, gauge.dec)
         return
     predict = runner.predict
 
-    async def counted(kwargs: dict[str, Any], timeout: float | None = None) -> Any:
+    async def counted_call(kwargs: dict[str, Any], timeout: float | None = None) -> Any:
         gauge.inc()
         try:
             return await predict(kwargs, timeout)
         finally:
             gauge.dec()
 
-    runner.predict = counted
+    runner.predict = counted_call
 
 
 _serving: set[tuple[str, int]] = set()
