@@ -117,21 +117,6 @@ def handwritten_server(gen_dir: Path) -> ServerSpec:
     )
 
 
-def paired_lines(samples: harness.Samples, targets: list[Target]) -> str:
-    lines = []
-    for t in targets:
-        if t.subject not in samples or t.baseline not in samples:
-            continue
-        pairs = zip(samples[t.subject][t.metric], samples[t.baseline][t.metric], strict=True)
-        ratio = statistics.median(a / b for a, b in pairs)
-        verdict = "met" if ratio >= t.min_ratio else "**missed**"
-        lines.append(
-            f"- {t.subject} ÷ {t.baseline} ({t.metric}), median of per-round ratios: "
-            f"{ratio:.2f}x, target ≥ {t.min_ratio}x: {verdict}"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
@@ -282,7 +267,7 @@ def main() -> None:
         "two figures measured seconds apart, so the paired ratio is the steadier one on a "
         "shared machine):",
         harness.target_lines(samples, targets),
-        paired_lines(samples, targets),
+        harness.paired_lines(samples, targets),
     ]
     body = "\n\n".join(parts)
     print(body)

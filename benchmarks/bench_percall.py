@@ -22,7 +22,6 @@ Each table has throughput, p50/p99 latency, the server's CPU time per call and i
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -166,23 +165,6 @@ def pytriton_server() -> ServerSpec:
         ],
         env={"PYTHONPATH": ""},
     )
-
-
-def paired_lines(samples: harness.Samples, targets: list[Target]) -> str:
-    lines = []
-    for t in targets:
-        if t.metric not in samples.get(t.subject, {}) or t.metric not in samples.get(
-            t.baseline, {}
-        ):
-            continue
-        pairs = zip(samples[t.subject][t.metric], samples[t.baseline][t.metric], strict=True)
-        ratio = statistics.median(a / b for a, b in pairs)
-        verdict = "met" if ratio >= t.min_ratio else "**missed**"
-        lines.append(
-            f"- {t.subject} ÷ {t.baseline} ({t.metric}), median of per-round ratios: "
-            f"{ratio:.2f}x, target ≥ {t.min_ratio}x: {verdict}"
-        )
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -363,7 +345,7 @@ def main() -> None:
     parts += [
         "Targets, as the ratio of medians and as the median of per-round ratios:",
         harness.target_lines(samples, targets),
-        paired_lines(samples, targets),
+        harness.paired_lines(samples, targets),
     ]
     body = "\n\n".join(parts)
     print(body)

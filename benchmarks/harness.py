@@ -522,6 +522,25 @@ def target_lines(samples: Samples, targets: Sequence[Target]) -> str:
     return "\n".join(lines)
 
 
+def paired_lines(samples: Samples, targets: Sequence[Target]) -> str:
+    """Each target as the median of per-round ratios (rounds ran side by side, so pairing
+    them cancels drift that hits both servers of a round alike)."""
+    lines = []
+    for t in targets:
+        if t.metric not in samples.get(t.subject, {}) or t.metric not in samples.get(
+            t.baseline, {}
+        ):
+            continue
+        pairs = zip(samples[t.subject][t.metric], samples[t.baseline][t.metric], strict=True)
+        ratio = statistics.median(a / b for a, b in pairs)
+        verdict = "met" if ratio >= t.min_ratio else "**missed**"
+        lines.append(
+            f"- {t.subject} ÷ {t.baseline} ({t.metric}), median of per-round ratios: "
+            f"{ratio:.2f}x, target ≥ {t.min_ratio}x: {verdict}"
+        )
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = platform.machine()
     with contextlib.suppress(OSError):
