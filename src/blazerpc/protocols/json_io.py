@@ -43,6 +43,12 @@ async def read_body(request: web.Request) -> bytes:
         raise BodyTooLarge(exc.text or "request body too large") from None
 
 
+async def read_json(request: web.Request, limit: int) -> Any:
+    """A whole JSON body: its size checked before it is read, then parsed."""
+    check_size(request, limit)
+    return loads(await read_body(request))
+
+
 def loads(data: bytes | memoryview, what: str = "the request") -> Any:
     """Parse JSON; malformed or too deeply nested input is the client's error."""
     try:

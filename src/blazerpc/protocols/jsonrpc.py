@@ -137,8 +137,7 @@ class JsonRpc:
         self._max_batch_calls = max_batch_calls
 
     async def _body(self, request: web.Request) -> Any:
-        json_io.check_size(request, self._max_json_bytes)
-        return json_io.loads(await json_io.read_body(request))
+        return await json_io.read_json(request, self._max_json_bytes)
 
     async def _admitted(
         self, lookup: Callable[[str], _Model], name: str, method: str, request: web.Request

@@ -241,8 +241,7 @@ class OpenAIRoutes:
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         path = "/v1/chat/completions" if chat else "/v1/completions"
         try:
-            json_io.check_size(request, self._max_json_bytes)
-            body = json_io.loads(await json_io.read_body(request))
+            body = await json_io.read_json(request, self._max_json_bytes)
             if not isinstance(body, dict):
                 raise ValidationError("the body must be a JSON object")
             served = await self._admitted(request, path, body.get("model"))
