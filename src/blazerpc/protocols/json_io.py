@@ -51,7 +51,7 @@ async def read_body(request: web.Request) -> bytes | memoryview:
     if limit and size > limit:
         raise BodyTooLarge(f"the body of {size} bytes is over the limit of {limit} bytes")
     # np.empty, unlike bytearray, leaves the pages untouched until each chunk is written
-    body = memoryview(np.empty(size, np.uint8))
+    body = np.empty(size, np.uint8).data
     filled = 0
     while chunk := await request.content.readany():
         body[filled : filled + len(chunk)] = chunk  # aiohttp holds the body to Content-Length
