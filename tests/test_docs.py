@@ -1,0 +1,47 @@
+"""Every code block of the documentation runs, and prints what the page shows
+(tests/doc_snippets.py says how a page is run and how a block is marked)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from .doc_snippets import PAGES, ROOT, blocks, page_needs_models, page_run, problems, runnable
+
+# Blocks that cannot run here, per page: each is marked `<!-- docs-test: not run: REASON -->`
+# on the page. A new one must be added here too, so none is left out unnoticed.
+NOT_RUN: dict[str, int] = {}
+
+
+def _params() -> list[object]:
+    params = []
+    for page in PAGES:
+        name = str(page.relative_to(ROOT))
+        needs = page_needs_models(page)
+        if not needs:
+            params.append(pytest.param(page, False, id=name))
+        if needs or any(b.needs_models for b in blocks(page)):
+            params.append(pytest.param(page, True, id=f"{name}[models]", marks=pytest.mark.models))
+    return params
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("page", "with_models"), _params())
+def test_page_runs_as_written(page: Path, with_models: bool, tmp_path: Path) -> None:
+    with page_run(page, tmp_path) as run:
+        for block in blocks(page):
+            if runnable(block, with_models):
+                run.run(block)
+
+
+def test_every_block_runs_or_says_why_not() -> None:
+    assert [p for page in PAGES for p in problems(page)] == []
+
+
+def test_blocks_not_run_are_the_known_ones() -> None:
+    counted = Counter(
+        str(page.relative_to(ROOT)) for page in PAGES for b in blocks(page) if b.not_run is not None
+    )
+    assert dict(counted) == NOT_RUN
