@@ -23,7 +23,7 @@ A page runs top to bottom in a fresh directory of its own:
 - `<!-- example: NAME -->` (docs/protocols.md): run by the protocol tests
   (tests/protocol_servers.py), with the output block right after it.
 
-The documented ports (50051, 8000, 8080, 9090) and 0.0.0.0 are replaced by free ports and
+The documented ports (DOCUMENTED_PORTS) and 0.0.0.0 are replaced by free ports and
 127.0.0.1, in the code and in its expected output alike, so pages run side by side.
 """
 
@@ -50,7 +50,7 @@ PAGES = sorted(
     + list(ROOT.glob("examples/*/README.md"))
 )
 RUNNABLE = {"python", "console", "sh"}
-DOCUMENTED_PORTS = ("50051", "8000", "8080", "9090")
+DOCUMENTED_PORTS = ("50051", "50052", "50053", "50054", "50055", "8000", "8080", "9090", "9091")
 
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[^`\n]*)\n(?P<code>.*?)^(?P=indent)```\s*$", re.M | re.S)
 _DIRECTIVE = re.compile(r"<!-- (docs-test|example): (.*?) -->")
@@ -231,7 +231,10 @@ class PageRun:
         for documented, port in self.ports.items():
             text = re.sub(rf"\b{documented}\b", port, text)
         text = text.replace("0.0.0.0", "127.0.0.1").replace("localhost:", "127.0.0.1:")
-        return re.sub(r"\bblaze serve (?!.*--host)(\S+)", r"blaze serve \1 --host 127.0.0.1", text)
+        # `blaze serve` binds 0.0.0.0:50051 unless told otherwise.
+        text = re.sub(r"\bblaze serve (?!.*--host)(\S+)", r"blaze serve \1 --host 127.0.0.1", text)
+        port = self.ports["50051"]
+        return re.sub(r"\bblaze serve (?!.*--port)(\S+)", rf"blaze serve \1 --port {port}", text)
 
     # python
 
