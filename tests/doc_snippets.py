@@ -11,7 +11,8 @@ A page runs top to bottom in a fresh directory of its own:
 - `<!-- docs-test: server -->`: the block's first command is a server, started in the
   background (its expected output is the banner), stopped when the page ends;
 - `<!-- docs-test: excerpt of PATH -->`: the block's lines (but `...`) are lines of that
-  repository file, in order;
+  file (in the page's directory, else in the repository), in order; `output excerpt`: of the
+  output of the block before;
 - `<!-- docs-test: page runs from the repository root -->`: commands run there, not in a
   fresh directory (the example READMEs, whose commands name files of the repository);
 - `<!-- docs-test: server log -->`: the block's lines appear in what the last server started
@@ -81,10 +82,10 @@ class Block:
         return None
 
     @property
-    def excerpt_of(self) -> Path | None:
+    def excerpt_of(self) -> str | None:
         for d in self.directives:
             if d.startswith("excerpt of "):
-                return ROOT / d.removeprefix("excerpt of ").strip()
+                return d.removeprefix("excerpt of ").strip()
         return None
 
     @property
@@ -117,7 +118,7 @@ def blocks(page: Path) -> list[Block]:
         )
         previous = found[-1] if found else None
         adjacent = text[previous_end : match.start()].strip() == ""
-        if previous and "output" in directives:
+        if previous and ("output" in directives or "output excerpt" in directives):
             previous.output, block.is_output = block, True
         elif previous and previous.example and not (example or directives) and adjacent:
             # A protocol example's output follows it directly (tests/protocol_servers.py).
@@ -135,9 +136,9 @@ def page_runs_from_root(page: Path) -> bool:
     return "<!-- docs-test: page runs from the repository root -->" in page.read_text()
 
 
-def check_excerpt(block: Block, source: Path) -> None:
-    """Each line of the block but `...` is a line of `source`, in the same order."""
-    lines = [line.strip() for line in source.read_text().splitlines()]
+def check_excerpt(block: Block, source: str) -> None:
+    """Each line of the block but `...` starts a line of `source`, in the same order."""
+    lines = [line.strip() for line in source.splitlines()]
     at = 0
     for line in block.code.splitlines():
         wanted = line.split("  # ")[0].strip()  # the comment may be the page's own
@@ -322,8 +323,9 @@ class PageRun:
     # the page
 
     def run(self, block: Block) -> None:
-        if (source := block.excerpt_of) is not None:
-            check_excerpt(block, source)
+        if (name := block.excerpt_of) is not None:
+            path = self.workdir / name if (self.workdir / name).exists() else ROOT / name
+            check_excerpt(block, path.read_text())
         elif "server log" in block.directives:
             self.check_server_log(block)
         elif block.title and block.lang == "python":
@@ -332,7 +334,9 @@ class PageRun:
             path.write_text(self.sub(block.code))
         elif block.lang == "python":
             got = self.run_python(block)
-            if block.output is not None:
+            if block.output is not None and "output excerpt" in block.output.directives:
+                check_excerpt(block.output, got)
+            elif block.output is not None:
                 expected = self.sub(block.output.code)
                 assert matches(expected, got), f"{block.where} printed\n{got}\nthe page shows\n{expected}"
         else:
