@@ -202,7 +202,7 @@ def commands(code: str) -> list[Command]:
         command = lines[i][2:]
         while command.endswith("\\"):
             i += 1
-            command = command[:-1] + "\n" + lines[i]
+            command += "\n" + lines[i]  # bash reads the backslash-newline as one line
         i += 1
         expected = []
         while i < len(lines) and not lines[i].startswith("$ "):
