@@ -2,7 +2,8 @@
 
 A page runs top to bottom in a fresh directory of its own:
 
-- a `python` block with `title="app.py"` is written to that file (later blocks run or serve it);
+- a block with `title="app.py"` (any file name, any language) is written to that file, which
+  later blocks run or serve;
 - any other `python` block runs in the page's Python session (tests/docs_kernel.py): one
   namespace for the whole page, top-level `await` allowed, as in `python -m asyncio`;
 - a `console` (or `sh`) block runs each `$ command`; the lines under a command are its expected
@@ -158,7 +159,7 @@ def problems(page: Path) -> list[str]:
     for b in blocks(page):
         if b.is_output or b.example or b.not_run is not None or b.excerpt_of:
             continue
-        if "server log" in b.directives:
+        if "server log" in b.directives or b.title:
             continue
         if b.lang not in RUNNABLE:
             out.append(f"{b.where}: a ```{b.lang} block that is not run: mark it "
@@ -328,7 +329,7 @@ class PageRun:
             check_excerpt(block, path.read_text())
         elif "server log" in block.directives:
             self.check_server_log(block)
-        elif block.title and block.lang == "python":
+        elif block.title:
             path = self.workdir / block.title
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(self.sub(block.code))
