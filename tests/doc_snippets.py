@@ -48,13 +48,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = Path(__file__).resolve().parent / "docs_kernel.py"
 PAGES = sorted(
-    [ROOT / "README.md", ROOT / "CHANGELOG.md", *ROOT.glob("docs/**/*.md")]
-    + list(ROOT.glob("examples/*/README.md"))
+    [
+        ROOT / "README.md",
+        ROOT / "CHANGELOG.md",
+        *ROOT.glob("docs/**/*.md"),
+        *ROOT.glob("examples/*/README.md"),
+    ]
 )
 RUNNABLE = {"python", "console", "sh"}
 DOCUMENTED_PORTS = ("50051", "50052", "50053", "50054", "50055", "8000", "8080", "9090", "9091")
 
-_FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[^`\n]*)\n(?P<code>.*?)^(?P=indent)```\s*$", re.M | re.S)
+_FENCE = re.compile(
+    r"^(?P<indent> *)```(?P<info>[^`\n]*)\n(?P<code>.*?)^(?P=indent)```\s*$", re.M | re.S
+)
 _DIRECTIVE = re.compile(r"<!-- (docs-test|example): (.*?) -->")
 _TITLE = re.compile(r'title="([^"]+)"')
 
@@ -112,10 +118,15 @@ def blocks(page: Path) -> list[Block]:
                 directives.insert(0, d.group(2).strip())
             before.pop()
         indent = match.group("indent")
-        code = re.sub(rf"^{indent}", "", match.group("code"), flags=re.M) if indent else match.group("code")
+        code = re.sub(rf"^{indent}", "", match.group("code"), flags=re.M)
         block = Block(
-            page, text.count("\n", 0, match.start()) + 1, lang, code,
-            title.group(1) if title else None, directives, example,
+            page,
+            text.count("\n", 0, match.start()) + 1,
+            lang,
+            code,
+            title.group(1) if title else None,
+            directives,
+            example,
         )
         previous = found[-1] if found else None
         adjacent = text[previous_end : match.start()].strip() == ""
@@ -127,6 +138,25 @@ def blocks(page: Path) -> list[Block]:
         found.append(block)
         previous_end = match.end()
     return found
+
+
+def census() -> str:
+    """The docs' code blocks by what the suite does with them."""
+    kinds: dict[str, int] = {}
+    for page in PAGES:
+        for b in blocks(page):
+            if b.is_output:
+                kind = "expected outputs checked"
+            elif b.example:
+                kind = "run by the protocol tests"
+            elif b.not_run is not None:
+                kind = "not run (each says why)"
+            elif b.needs_models or page_needs_models(page):
+                kind = "run by make test-models"
+            else:
+                kind = "run"
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return "docs code blocks: " + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
 
 
 def page_needs_models(page: Path) -> bool:
@@ -162,8 +192,10 @@ def problems(page: Path) -> list[str]:
         if "server log" in b.directives or b.title:
             continue
         if b.lang not in RUNNABLE:
-            out.append(f"{b.where}: a ```{b.lang} block that is not run: mark it "
-                       "`<!-- docs-test: not run: REASON -->` or `<!-- docs-test: output -->`")
+            out.append(
+                f"{b.where}: a ```{b.lang} block that is not run: mark it "
+                "`<!-- docs-test: not run: REASON -->` or `<!-- docs-test: output -->`"
+            )
     return out
 
 
@@ -179,6 +211,7 @@ def _free_port() -> int:
 def matches(expected: str, got: str) -> bool:
     """`got` is `expected`, where `...` in `expected` stands for any text (trailing spaces and
     blank lines at either end ignored)."""
+
     def norm(s: str) -> str:
         return "\n".join(line.rstrip() for line in s.strip("\n").splitlines()).strip()
 
@@ -243,18 +276,25 @@ class PageRun:
     def run_python(self, block: Block) -> str:
         if self.kernel is None:
             self.kernel = subprocess.Popen(
-                [sys.executable, str(KERNEL)], cwd=self.workdir, env=self.env,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                [sys.executable, str(KERNEL)],
+                cwd=self.workdir,
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
         assert self.kernel.stdin and self.kernel.stdout
-        self.kernel.stdin.write(json.dumps({"code": self.sub(block.code), "name": block.where}) + "\n")
+        request = {"code": self.sub(block.code), "name": block.where}
+        self.kernel.stdin.write(json.dumps(request) + "\n")
         self.kernel.stdin.flush()
         reply = self.kernel.stdout.readline()
         if not reply:
             raise AssertionError(f"{block.where}: the Python session died")
         result = json.loads(reply)
         if result["error"]:
-            raise AssertionError(f"{block.where} raised:\n{result['error']}\noutput:\n{result['output']}")
+            raise AssertionError(
+                f"{block.where} raised:\n{result['error']}\noutput:\n{result['output']}"
+            )
         return str(result["output"])
 
     # shell
@@ -262,8 +302,14 @@ class PageRun:
     def run_command(self, block: Block, command: Command) -> None:
         line = self.sub(command.line)
         proc = subprocess.run(
-            ["bash", "-c", line], cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, timeout=120, check=False,
+            ["bash", "-c", line],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+            check=False,
         )
         got = proc.stdout  # stdout and stderr together, as a terminal shows them
         if command.expected.strip():
@@ -277,8 +323,12 @@ class PageRun:
     def start_server(self, block: Block, command: Command) -> None:
         line = self.sub(command.line)
         proc = subprocess.Popen(
-            ["bash", "-c", f"exec {line}"], cwd=self.workdir, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            ["bash", "-c", f"exec {line}"],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         output: list[bytes] = []
         assert proc.stdout is not None
@@ -339,7 +389,9 @@ class PageRun:
                 check_excerpt(block.output, got)
             elif block.output is not None:
                 expected = self.sub(block.output.code)
-                assert matches(expected, got), f"{block.where} printed\n{got}\nthe page shows\n{expected}"
+                assert matches(expected, got), (
+                    f"{block.where} printed\n{got}\nthe page shows\n{expected}"
+                )
         else:
             self.run_console(block)
 
