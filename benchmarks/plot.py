@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 BENCH_DIR = Path(__file__).resolve().parent
 DATA_DIR = BENCH_DIR / "results"
 CHART_DIR = BENCH_DIR / "charts"
+NAN = float("nan")  # a server that did not run a scenario gets no bar
 
 # Text stays text (small files), and ids and dates do not change from one run to the next.
 plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "blazerpc", "font.size": 9})
@@ -58,7 +59,7 @@ def servers_chart(record: dict) -> None:
     ):
         for i, server in enumerate(servers):
             values = [
-                statistics.median(samples[server].get(f"{s}_{suffix}" if s else suffix, [0]))
+                statistics.median(samples[server].get(f"{s}_{suffix}" if s else suffix, [NAN]))
                 for s in scenarios
             ]
             ax.bar([x + i * width for x in range(len(scenarios))], values, width, label=server)
