@@ -55,7 +55,7 @@ PAGES = sorted(
         *ROOT.glob("examples/*/README.md"),
     ]
 )
-RUNNABLE = {"python", "console", "sh"}
+RUNNABLE = {"python", "console", "sh"}  # and any block with a title: a file
 DOCUMENTED_PORTS = ("50051", "50052", "50053", "50054", "50055", "8000", "8080", "9090", "9091")
 
 _FENCE = re.compile(
