@@ -33,6 +33,8 @@ PAGES = {
 }
 CHARTS = "benchmarks/charts"
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
+# What tests/doc_snippets.py reads before a code block: for the test suite, not the reader.
+_TEST_MARK = re.compile(r"^ *<!-- (docs-test|example): .*? -->\n", re.M)
 
 
 def cli_reference() -> str:
@@ -107,4 +109,4 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         link = posixpath.relpath(site, page_dir or ".")
         return f"{match.group(1)}{link}{'#' + anchor if anchor else ''}{match.group(3)}"
 
-    return _LINK.sub(rewrite, markdown)
+    return _TEST_MARK.sub("", _LINK.sub(rewrite, markdown))
