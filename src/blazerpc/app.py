@@ -139,8 +139,8 @@ class BlazeApp:
         the response's `result`. Mistakes raise `ConfigurationError` here, not on a request.
 
         Args:
-            name: The model's name; its RPC is `Predict` plus the name in PascalCase
-                (`sentiment-v2` is `PredictSentimentV2`).
+            name: The model's name; its RPC is `Predict` plus the name's words (split at `-`
+                and `_`) capitalised: `sentiment-v2` is `PredictSentimentV2`.
             version: Several versions of one name are all served: each as
                 `Predict<Name>V<version>` (KServe `model_version`, JSON-RPC
                 `predict.<name>@<version>`), and the highest under the plain name too.
