@@ -61,6 +61,9 @@ DOCUMENTED_PORTS = ("50051", "50052", "50053", "50054", "50055", "8000", "8080",
 _FENCE = re.compile(
     r"^(?P<indent> *)```(?P<info>[^`\n]*)\n(?P<code>.*?)^(?P=indent)```\s*$", re.M | re.S
 )
+# The pages' commands that come from outside the dev extra, and where to get them.
+_PACKAGES = {"curl": "Debian: apt-get install curl", "node": "Debian: apt-get install nodejs npm"}
+_PACKAGES["npm"] = _PACKAGES["node"]
 _DIRECTIVE = re.compile(r"<!-- (docs-test|example): (.*?) -->")
 _TITLE = re.compile(r'title="([^"]+)"')
 
@@ -313,6 +316,11 @@ class PageRun:
             check=False,
         )
         got = proc.stdout  # stdout and stderr together, as a terminal shows them
+        tool = line.split()[0]
+        assert proc.returncode != 127, (
+            f"{block.where}: `{tool}` is not installed; the page runs it "
+            f"({_PACKAGES.get(tool, 'install it')})"
+        )
         if command.expected.strip():
             expected = self.sub(command.expected)
             assert matches(expected, got), (
