@@ -21,7 +21,7 @@ from ..pipeline import CallerGone, Failure, ModelCall, Wire, admitted_lookup, fa
 from ..policy import CallPolicy
 from ..runtime.registry import served
 from ..runtime.runner import ModelRunner
-from . import json_io
+from . import http_wire, json_io
 from .http_wire import http_caller, json_response
 from .json_values import encoder, fields_decoder
 
@@ -146,7 +146,7 @@ class JsonRpc:
         self._max_batch_calls = max_batch_calls
 
     async def _body(self, request: web.Request) -> Any:
-        return await json_io.read_json(request, self._max_json_bytes)
+        return await http_wire.read_json(request, self._max_json_bytes)
 
     async def _admitted(
         self, lookup: Callable[[str], _Model], name: str, method: str, request: web.Request

@@ -17,7 +17,7 @@ from ..exceptions import ValidationError
 from ..pipeline import Failure, ModelCall, Wire, admitted_lookup, fail
 from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from . import json_io
+from . import http_wire, json_io
 from .http_wire import http_caller, json_response
 from .json_values import is_shape
 from .kserve.model import OFF_LOOP_BYTES, KServeModel, find, kserve_models, server_metadata
@@ -74,7 +74,7 @@ def _header_length(request: web.Request, max_json_bytes: int) -> int | None:
     before the body is read (without binary data, the whole body is JSON)."""
     value = request.headers.get(HEADER_LENGTH)
     if value is None:
-        json_io.check_size(request, max_json_bytes, "the inference request")
+        http_wire.check_size(request, max_json_bytes, "the inference request")
         return None
     try:
         size = int(value)
@@ -276,7 +276,7 @@ class KServeRest:
             model = await self._find(request)
             model.check_unary(_STREAM_HINT)
             header_length = _header_length(request, self._max_json_bytes)
-            body = _split_body(await json_io.read_body(request), header_length)
+            body = _split_body(await http_wire.read_body(request), header_length)
         except Exception as exc:
             return _refused(exc, "KServe REST inference")
         return await self._infer[model.key].unary(body, request)

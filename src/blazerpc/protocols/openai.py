@@ -21,7 +21,7 @@ from ..exceptions import ModelNotFoundError, ValidationError
 from ..pipeline import CallerGone, Failure, ModelCall, Wire, admitted_lookup, fail
 from ..policy import CallPolicy
 from ..runtime.runner import ModelRunner
-from . import json_io
+from . import http_wire, json_io
 from .http_wire import http_caller, json_response
 from .kserve_rest import HTTP_STATUS
 from .openai_models import OpenAIModel
@@ -241,7 +241,7 @@ class OpenAIRoutes:
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         path = "/v1/chat/completions" if chat else "/v1/completions"
         try:
-            body = await json_io.read_json(request, self._max_json_bytes)
+            body = await http_wire.read_json(request, self._max_json_bytes)
             if not isinstance(body, dict):
                 raise ValidationError("the body must be a JSON object")
             served = await self._admitted(request, path, body.get("model"))
