@@ -273,19 +273,33 @@ def ensure_reference_venv() -> Path:
     return REFERENCE_VENV
 
 
-def ensure_pytriton_venv() -> Path:
-    """A venv of Debian's python3.11 with `nvidia-pytriton` from PyPI, made on first use."""
-    python = PYTRITON_VENV / "bin" / "python"
-    marker = PYTRITON_VENV / ".installed"
-    if not marker.exists():
-        print(f"creating {PYTRITON_VENV} with nvidia-pytriton", file=sys.stderr)
-        subprocess.run([PYTRITON_PYTHON, "-m", "venv", "--clear", str(PYTRITON_VENV)], check=True)
-        pip = [str(PYTRITON_VENV / "bin" / "pip"), "install", "nvidia-pytriton"]
-        done = subprocess.run(pip, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{shlex.join(pip)} failed:\n{done.stdout}\n{done.stderr}")
-        marker.touch()
-    return python
+def ensure_venv(path: Path, python: str, requirements: Sequence[str]) -> Path:
+    """A venv of ``python`` at ``path`` with ``requirements`` pip-installed; returns its python.
+
+    Made on first use and completed when a benchmark asks for more than it holds: the
+    requirements installed are recorded beside it, so a second benchmark sharing the venv
+    installs only what it adds.
+    """
+    venv_python = path / "bin" / "python"
+    marker = path / ".installed"
+    installed = set(marker.read_text().splitlines()) if marker.exists() else set()
+    if set(requirements) <= installed:
+        return venv_python
+    print(f"installing {' '.join(requirements)} into {path}", file=sys.stderr)
+    if not venv_python.exists():
+        subprocess.run([python, "-m", "venv", "--clear", str(path)], check=True)
+    pip = [str(path / "bin" / "pip"), "install", *requirements]
+    done = subprocess.run(pip, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(pip)} failed:\n{done.stdout}\n{done.stderr}")
+    marker.write_text("\n".join(sorted(installed | set(requirements))) + "\n")
+    return venv_python
+
+
+def ensure_pytriton_venv(extra: Sequence[str] = ()) -> Path:
+    """A venv of Debian's python3.11 with `nvidia-pytriton` from PyPI (and ``extra``, such as
+    a model's packages), made on first use."""
+    return ensure_venv(PYTRITON_VENV, PYTRITON_PYTHON, ["nvidia-pytriton", *extra])
 
 
 # --------------------------------------------------------------------------- h2load
