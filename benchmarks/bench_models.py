@@ -75,6 +75,7 @@ METRICS = [
     Metric("p99_ms", "p99 ms", "{:,.0f}"),
     Metric("batch", "mean batch", "{:.1f}"),
     Metric("waste_pct", "padding waste %", "{:.0f}"),
+    Metric("cpu_ms", "server CPU ms/sentence", "{:.1f}"),
 ]
 
 # A vocabulary for the sentences: common words, and a few long ones of many tokens each.
@@ -277,12 +278,17 @@ def connections(connect: Connect, port: int, count: int) -> Iterator[list[Call]]
 
 
 def run_load(
-    calls: Sequence[Call], texts: Sequence[str], duration: float, counters: np.ndarray
+    calls: Sequence[Call],
+    texts: Sequence[str],
+    duration: float,
+    counters: np.ndarray,
+    server: RunningServer,
 ) -> tuple[dict[str, float], list[int]]:
     """Closed loop: each client sends the next sentence as soon as its last answer is back.
 
     Counted: the calls answered within ``duration`` (those still in flight then finish
-    uncounted), their latencies, and the model's batches over the same window.
+    uncounted), their latencies, and the model's batches over the same window; and the
+    server's CPU time (all its processes) per sentence the model ran, over the whole run.
     """
     next_index = iter(range(10**9)).__next__  # one shared order of sentences
     latencies: list[float] = []
@@ -311,6 +317,7 @@ def run_load(
     for thread in threads:
         thread.start()
     before = Snapshot.read(counters)
+    cpu_before = server.cpu_seconds()
     t_start = time.perf_counter()
     t_stop = t_start + duration
     start_gate.wait()
@@ -318,6 +325,8 @@ def run_load(
     after = Snapshot.read(counters)
     for thread in threads:
         thread.join()
+    cpu = server.cpu_seconds() - cpu_before
+    ran = Snapshot.read(counters).rows - before.rows
     if errors:
         raise RuntimeError(f"{len(errors)} clients failed, the first with {errors[0]!r}")
     ordered = sorted(latencies)
@@ -326,6 +335,7 @@ def run_load(
         "p50_ms": 1000 * ordered[len(ordered) // 2],
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         **after.since(before),
+        "cpu_ms": 1000 * cpu / max(1, ran),
     }
     return result, batch_sizes(counters, before, after)
 
@@ -400,25 +410,23 @@ def main() -> None:
     texts = sentences(4096, args.seed)
     check_texts = texts[:16]
     expected = reference(check_texts)
-    warmed: set[str] = set()
+    warmed: set[tuple[str, int]] = set()
     sequences: dict[str, dict[int, list[int]]] = {name: {} for name in names}
 
-    def measure(server: RunningServer) -> dict[str, float]:
-        """Every concurrency in turn; the first (warm-up) call of each server runs 2 s cells."""
+    def measure(server: RunningServer, count: int) -> dict[str, float]:
+        """``count`` clients; the first (warm-up) run of each server and count lasts 2 s."""
         contender = contenders[server.spec.name]
-        duration = args.duration if server.spec.name in warmed else 2.0
-        warmed.add(server.spec.name)
-        out = {}
-        for count in clients:
-            with connections(contender.connect, server.port, count) as calls:
-                result, sizes = run_load(calls, texts, duration, contender.counters)
-            out |= {f"c{count}_{key}": value for key, value in result.items()}
-            sequences[server.spec.name][count] = sizes
-        return out
+        duration = args.duration if (server.spec.name, count) in warmed else 2.0
+        warmed.add((server.spec.name, count))
+        with connections(contender.connect, server.port, count) as calls:
+            result, sizes = run_load(calls, texts, duration, contender.counters, server)
+        sequences[server.spec.name][count] = sizes
+        return {f"c{count}_{key}": value for key, value in result.items()}
 
-    samples = harness.alternate(
+    samples = harness.alternate_cells(
         [c.spec for c in contenders.values()],
         args.rounds,
+        clients,
         measure,
         lambda server: check(contenders[server.spec.name], server, check_texts, expected),
     )
@@ -438,10 +446,12 @@ def main() -> None:
         "one thread and one connection each (gRPC for BlazeRPC and PyTriton, HTTP/1.1 JSON "
         "for LitServe). Every server first answered 16 sentences sent at once, each within "
         f"{TOLERANCE:g} of a direct `SentenceTransformer.encode`. Then one discarded warm-up "
-        f"round (2 s cells) and {args.rounds} rounds of {args.duration:g} s per cell, the "
-        "servers taking turns, each running every concurrency in its turn. Mean batch and "
+        f"round (2 s cells) and {args.rounds} rounds of {args.duration:g} s per cell; in each "
+        "round, concurrency by concurrency, the servers take turns. Mean batch and "
         "padding waste (share of computed tokens that were padding) are counted inside the "
-        "model function, the same way for every server, over the timed window. **The machine "
+        "model function, the same way for every server, over the timed window; server CPU is "
+        "the user+system time of all the server's processes per sentence the model ran, which "
+        "other load disturbs less than throughput. **The machine "
         "(2 cores) was shared with other work while this ran**: see the load average and the "
         "per-round figures; the ratios, side by side, are the figures to read.",
     ]

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
@@ -454,19 +455,38 @@ def alternate(
     check: Callable[[RunningServer], None],
 ) -> Samples:
     """Start every server, check each answers correctly, warm each up, then alternate rounds."""
+    return alternate_cells(specs, rounds, [None], lambda server, _: measure(server), check)
+
+
+def alternate_cells(
+    specs: Sequence[ServerSpec],
+    rounds: int,
+    cells: Sequence[object],
+    measure: Callable[[RunningServer, Any], Mapping[str, float]],
+    check: Callable[[RunningServer], None],
+) -> Samples:
+    """As `alternate`, with each round going through ``cells`` (concurrencies, say) and the
+    servers taking turns within each cell: the runs compared in a cell are seconds apart, not
+    a whole turn of every cell apart, so drift on a shared machine touches them alike.
+    ``measure(server, cell)`` returns the cell's metrics under keys of its own."""
     samples: Samples = {spec.name: {} for spec in specs}
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(running(spec)) for spec in specs]
         for server in servers:
             check(server)
-            measure(server)  # discarded: first calls pay for lazy imports, caches, connections
+            for cell in cells:
+                measure(server, cell)  # discarded: first calls pay for lazy imports, caches
         for round_no in range(1, rounds + 1):
-            for server in servers:
-                result = measure(server)
-                for key, value in result.items():
-                    samples[server.spec.name].setdefault(key, []).append(value)
-                shown = ", ".join(f"{k}={v:,.2f}" for k, v in result.items())
-                print(f"round {round_no}/{rounds} {server.spec.name:<10} {shown}", file=sys.stderr)
+            for cell in cells:
+                for server in servers:
+                    result = measure(server, cell)
+                    for key, value in result.items():
+                        samples[server.spec.name].setdefault(key, []).append(value)
+                    shown = ", ".join(f"{k}={v:,.2f}" for k, v in result.items())
+                    print(
+                        f"round {round_no}/{rounds} {server.spec.name:<10} {shown}",
+                        file=sys.stderr,
+                    )
     return samples
 
 
