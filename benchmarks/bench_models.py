@@ -329,9 +329,9 @@ def run_load(
     ran = Snapshot.read(counters).rows - before.rows
     if errors:
         raise RuntimeError(f"{len(errors)} clients failed, the first with {errors[0]!r}")
-    ordered = sorted(latencies)
+    ordered = sorted(latencies) or [float("nan")]  # none answered in a short warm-up run
     result = {
-        "rps": len(ordered) / duration,
+        "rps": len(latencies) / duration,
         "p50_ms": 1000 * ordered[len(ordered) // 2],
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         **after.since(before),
@@ -414,9 +414,9 @@ def main() -> None:
     sequences: dict[str, dict[int, list[int]]] = {name: {} for name in names}
 
     def measure(server: RunningServer, count: int) -> dict[str, float]:
-        """``count`` clients; the first (warm-up) run of each server and count lasts 2 s."""
+        """``count`` clients; the first (warm-up) run of each server and count lasts 3 s."""
         contender = contenders[server.spec.name]
-        duration = args.duration if (server.spec.name, count) in warmed else 2.0
+        duration = args.duration if (server.spec.name, count) in warmed else 3.0
         warmed.add((server.spec.name, count))
         with connections(contender.connect, server.port, count) as calls:
             result, sizes = run_load(calls, texts, duration, contender.counters, server)
@@ -446,7 +446,7 @@ def main() -> None:
         "one thread and one connection each (gRPC for BlazeRPC and PyTriton, HTTP/1.1 JSON "
         "for LitServe). Every server first answered 16 sentences sent at once, each within "
         f"{TOLERANCE:g} of a direct `SentenceTransformer.encode`. Then one discarded warm-up "
-        f"round (2 s cells) and {args.rounds} rounds of {args.duration:g} s per cell; in each "
+        f"round (3 s cells) and {args.rounds} rounds of {args.duration:g} s per cell; in each "
         "round, concurrency by concurrency, the servers take turns. Mean batch and "
         "padding waste (share of computed tokens that were padding) are counted inside the "
         "model function, the same way for every server, over the timed window; server CPU is "

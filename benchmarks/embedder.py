@@ -34,6 +34,7 @@ from model_stats import (
     open_counters,
 )
 from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer
 
 DIM = 384
 
@@ -45,13 +46,17 @@ class Embedder:
         torch.set_num_threads(1)  # the same for every server of the benchmark
         self.model = SentenceTransformer(str(get_model_path()), device="cpu")
         self.model.eval()
+        # A tokenizer of its own for counting: a Hugging Face fast tokenizer keeps its padding
+        # and truncation settings in shared state, so one instance used from two threads at
+        # once (a batch_key on the server's loop, the model in a worker thread) breaks batches.
+        self.counting_tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
         path = os.environ.get(ENV)
         self.counters = open_counters(path) if path else None
         self.lock = threading.Lock()  # a server may run two batches at once in threads
 
     def token_count(self, text: str) -> int:
         """Tokens ``text`` takes once tokenized as the model tokenizes it (with [CLS], [SEP])."""
-        return len(self.model.tokenizer(text, truncation=True, max_length=256)["input_ids"])
+        return len(self.counting_tokenizer(text, truncation=True, max_length=256)["input_ids"])
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         features = self.model.tokenize(texts)

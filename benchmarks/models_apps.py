@@ -2,7 +2,9 @@
 
 A plain `def` with `batched=True` on `list[str]` (the tokenizer runs in the server), one
 384-float32 tensor back per sentence, weights loaded by a start-up hook, the app's default
-batching. The model code is `embedder.py`, the same for every server of `bench_models.py`.
+batching, and a `batch_key` of each sentence's token count, so that when more sentences wait
+than one batch holds, a batch takes sentences of nearby lengths and pads little. The model
+code is `embedder.py`, the same for every server of `bench_models.py`.
 """
 
 import numpy as np
@@ -18,6 +20,10 @@ def load() -> None:
     app.state.embedder = Embedder()
 
 
-@app.model("embed", batched=True)
+def tokens(text: str) -> int:
+    return app.state.embedder.token_count(text)
+
+
+@app.model("embed", batched=True, batch_key=tokens)
 def embed(text: list[str]) -> list[TensorOutput[np.float32, DIM]]:
-    return list(app.state.embedder(text))
+    return app.state.embedder(text)
