@@ -59,7 +59,7 @@ class Embedder:
         return len(self.counting_tokenizer(text, truncation=True, max_length=256)["input_ids"])
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        features = self.model.tokenize(texts)
+        features = self.model.preprocess(texts)
         self.count(features["attention_mask"])
         with torch.inference_mode():
             embeddings = self.model(features)["sentence_embedding"]
