@@ -208,10 +208,14 @@ def blazerpc_contender() -> Contender:
     blaze = blazerpc_venv().with_name("blaze")
     stats = _stats_path("blazerpc")
     app = "models_apps:app"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=harness.ROOT
+    ).stdout.strip()
     spec = ServerSpec(
         name="blazerpc",
-        description=f"BlazeRPC (this repo, default install): `blaze serve {app}` "
-        "(benchmarks/models_apps.py), native gRPC",
+        description=f"BlazeRPC (this repo at {commit or 'an unknown commit'}, default install "
+        f"plus aiohttp, see `blazerpc_venv`): `blaze serve {app}` (benchmarks/models_apps.py), "
+        "native gRPC",
         command=lambda port: [
             str(blaze),
             *("serve", app, "--host", harness.HOST, "--port", str(port)),
