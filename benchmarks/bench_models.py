@@ -33,6 +33,7 @@ import io
 import json
 import os
 import random
+import signal
 import statistics
 import struct
 import subprocess
@@ -346,6 +347,14 @@ def run_load(
     return result, batch_sizes(counters, before, after)
 
 
+def take_turn(server: RunningServer, groups: dict[str, int]) -> None:
+    """Resume ``server`` and pause every other one (SIGSTOP to its process group): an idle
+    server that polls (LitServe's worker wakes every millisecond, about 18% of a core here)
+    would otherwise take CPU from the one being measured."""
+    for name, group in groups.items():
+        os.killpg(group, signal.SIGCONT if name == server.spec.name else signal.SIGSTOP)
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -417,11 +426,13 @@ def main() -> None:
     check_texts = texts[:16]
     expected = reference(check_texts)
     warmed: set[tuple[str, int]] = set()
+    groups: dict[str, int] = {}  # server name -> process group, once checked
     sequences: dict[str, dict[int, list[int]]] = {name: {} for name in names}
 
     def measure(server: RunningServer, count: int) -> dict[str, float]:
         """``count`` clients; the first (warm-up) run of each server and count lasts 3 s."""
         contender = contenders[server.spec.name]
+        take_turn(server, groups)
         duration = args.duration if (server.spec.name, count) in warmed else 3.0
         warmed.add((server.spec.name, count))
         with connections(contender.connect, server.port, count) as calls:
@@ -434,7 +445,10 @@ def main() -> None:
         args.rounds,
         clients,
         measure,
-        lambda server: check(contenders[server.spec.name], server, check_texts, expected),
+        lambda server: (
+            check(contenders[server.spec.name], server, check_texts, expected),
+            groups.setdefault(server.spec.name, server.process.pid),
+        ),
     )
 
     lengths = [len(t.split()) for t in texts]
@@ -453,7 +467,8 @@ def main() -> None:
         "for LitServe). Every server first answered 16 sentences sent at once, each within "
         f"{TOLERANCE:g} of a direct `SentenceTransformer.encode`. Then one discarded warm-up "
         f"round (3 s cells) and {args.rounds} rounds of {args.duration:g} s per cell; in each "
-        "round, concurrency by concurrency, the servers take turns. Mean batch and "
+        "round, concurrency by concurrency, the servers take turns, the others paused "
+        "(SIGSTOP: idle, LitServe polls its queue every millisecond). Mean batch and "
         "padding waste (share of computed tokens that were padding) are counted inside the "
         "model function, the same way for every server, over the timed window; server CPU is "
         "the user+system time of all the server's processes per sentence the model ran, which "

@@ -187,6 +187,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _stop(server: RunningServer) -> None:
     if server.process.poll() is None:
         os.killpg(server.process.pid, signal.SIGTERM)
+        os.killpg(server.process.pid, signal.SIGCONT)  # a benchmark may have paused it
         try:
             server.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
