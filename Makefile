@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fuzz bench clean
+.PHONY: demo test test-models lint docs docs-serve plots fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,29 @@ demo: $(STAMP)
 	$(BIN)/python examples/iris/demo.py
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks docs
 	$(BIN)/python -m pytest -q
 
+# What needs the frameworks (torch, ONNX Runtime): the doc pages and blocks marked
+# `<!-- docs-test: needs models -->`, which `make test` deselects (pytest counts them).
+test-models: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,pytorch,onnx]'
+	$(BIN)/python -m pytest -q -m models
+
+# The documentation site, strict: a broken link, anchor or nav entry fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# Charts for benchmarks/RESULTS.md and the site, from the JSON the benchmarks write.
+plots: $(STAMP)
+	$(BIN)/python benchmarks/plot.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests examples benchmarks docs
+	$(BIN)/ruff format --check src tests docs/hooks.py
 	$(BIN)/mypy
 
 # The fuzz suite's long pass (make test runs a short one).
@@ -46,4 +63,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/profile_call.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

@@ -310,6 +310,30 @@ async def test_batches_grow_to_the_load_within_two_batches(
     assert sum(model.sizes) == clients * 6
 
 
+async def test_callers_of_a_slow_batch_are_awaited_for_a_fifth_of_its_time() -> None:
+    """A batch that took the model ten seconds: its caller coming back 100 ms later (well
+    past batch_timeout_ms) still joins the next batch instead of leaving it a remainder."""
+    clock = Clock()
+
+    def ten_seconds(kwargs: dict[str, Any]) -> Any:
+        clock.now += 10.0
+        return kwargs["n"]
+
+    model = GatedModel(ten_seconds)
+    async with batching(list_entry(), model, clock, batch_timeout_ms=10) as batcher:
+        first = asyncio.create_task(batcher.submit({"n": 0}))
+        await _until(lambda: model.running == 1)
+        queued = [asyncio.create_task(batcher.submit({"n": i})) for i in (1, 2, 3)]
+        await _queued(batcher, 3)
+        model.open()
+        assert await first == 0
+        await asyncio.sleep(0.05)  # the dispatcher is waiting for that caller by now
+        clock.now += 0.1  # who sends again, 100 ms after its batch ended
+        again = asyncio.create_task(batcher.submit({"n": 4}))
+        assert await asyncio.gather(*queued, again) == [1, 2, 3, 4]
+    assert [call["n"] for call in model.calls] == [[0], [1, 2, 3, 4]]
+
+
 async def test_batches_shrink_to_a_smaller_load_after_one_timeout() -> None:
     model = BusyModel()
     batcher = Batcher(list_entry(), model, BatchSettings(batch_timeout_ms=50), clock=time_clock())
@@ -338,17 +362,25 @@ def keyed_entry() -> ModelEntry:
     return ModelRegistry().register("lengths", lengths, batched=True, batch_key=lambda n: n)
 
 
-async def test_a_batch_key_groups_nearby_keys_when_more_wait_than_fit() -> None:
+async def batches_behind_a_busy_model(
+    entry: ModelEntry, first: int, keys: list[int], max_batch_size: int
+) -> tuple[list[list[int]], Batcher]:
+    """Each model call's requests, when `keys` queue behind a call running `first`."""
     model = GatedModel(lambda kwargs: kwargs["n"])
-    async with batching(keyed_entry(), model, max_batch_size=4) as batcher:
-        busy = asyncio.create_task(batcher.submit({"n": 30}))
+    async with batching(entry, model, max_batch_size=max_batch_size) as batcher:
+        busy = asyncio.create_task(batcher.submit({"n": first}))
         await _until(lambda: model.running == 1)
-        keys = [5, 50, 6, 51, 7, 52, 8, 53]
         queued = [asyncio.create_task(batcher.submit({"n": k})) for k in keys]
-        await _queued(batcher, 8)
+        await _queued(batcher, len(keys))
         model.open()
-        assert await asyncio.gather(busy, *queued) == [30, *keys]
-    assert [call["n"] for call in model.calls] == [[30], [5, 6, 7, 8], [50, 51, 52, 53]]
+        assert await asyncio.gather(busy, *queued) == [first, *keys]
+    return [call["n"] for call in model.calls], batcher
+
+
+async def test_a_batch_key_groups_nearby_keys_when_more_wait_than_fit() -> None:
+    keys = [5, 50, 6, 51, 7, 52, 8, 53]
+    calls, batcher = await batches_behind_a_busy_model(keyed_entry(), 30, keys, 4)
+    assert calls == [[30], [5, 6, 7, 8], [50, 51, 52, 53]]
     stats = batcher.stats
     assert stats.keys_needed == 30 + 26 + 206
     assert stats.keys_computed == 30 + 4 * 8 + 4 * 53
@@ -356,29 +388,15 @@ async def test_a_batch_key_groups_nearby_keys_when_more_wait_than_fit() -> None:
 
 
 async def test_without_a_batch_key_batches_take_the_oldest_first() -> None:
-    model = GatedModel(lambda kwargs: kwargs["n"])
-    async with batching(list_entry(), model, max_batch_size=4) as batcher:
-        busy = asyncio.create_task(batcher.submit({"n": 30}))
-        await _until(lambda: model.running == 1)
-        keys = [5, 50, 6, 51, 7, 52, 8, 53]
-        queued = [asyncio.create_task(batcher.submit({"n": k})) for k in keys]
-        await _queued(batcher, 8)
-        model.open()
-        await asyncio.gather(busy, *queued)
-    assert [call["n"] for call in model.calls] == [[30], [5, 50, 6, 51], [7, 52, 8, 53]]
+    keys = [5, 50, 6, 51, 7, 52, 8, 53]
+    calls, batcher = await batches_behind_a_busy_model(list_entry(), 30, keys, 4)
+    assert calls == [[30], [5, 50, 6, 51], [7, 52, 8, 53]]
     assert batcher.stats.padding_waste == 0.0
 
 
 async def test_a_batch_key_never_splits_what_fits_in_one_batch() -> None:
-    model = GatedModel(lambda kwargs: kwargs["n"])
-    async with batching(keyed_entry(), model, max_batch_size=8) as batcher:
-        busy = asyncio.create_task(batcher.submit({"n": 1}))
-        await _until(lambda: model.running == 1)
-        queued = [asyncio.create_task(batcher.submit({"n": k})) for k in (90, 2, 80)]
-        await _queued(batcher, 3)
-        model.open()
-        await asyncio.gather(busy, *queued)
-    assert [call["n"] for call in model.calls] == [[1], [90, 2, 80]]
+    calls, _ = await batches_behind_a_busy_model(keyed_entry(), 1, [90, 2, 80], 8)
+    assert calls == [[1], [90, 2, 80]]
 
 
 def texts(t: list[str]) -> list[str]:

@@ -7,9 +7,9 @@ native calls, and fails with the same status).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -131,25 +131,43 @@ async def _stream_error(context: ServicerContext, failure: Failure) -> Any:
     return pb.ModelStreamInferResponse(error_message=failure.details)
 
 
-def _infer_call(
-    model: KServeModel, policy: CallPolicy
-) -> ModelCall[InferRequest, ServicerContext, bytes]:
-    """ModelInfer: the reply's bytes, or an abort."""
+Out = TypeVar("Out")
+
+
+def _model_call(
+    model: KServeModel,
+    policy: CallPolicy,
+    rpc: str,
+    reply: Callable[[InferRequest, Any], Out],
+    reject: Callable[[ServicerContext, Failure], Awaitable[Out]],
+) -> ModelCall[InferRequest, ServicerContext, Out]:
+    """A model's calls over one RPC; `reply` wraps the ModelInferResponse as the RPC sends it."""
     return ModelCall(
         model.runner,
         policy,
         Wire(
             protocol="KServe gRPC",
             decode=lambda request: _kwargs(model, request),
-            encode=lambda request, result: _response(
-                model, request, result, _wants_raw(request)
-            ).SerializeToString(),
-            caller=grpc_caller(f"/{SERVICE_NAME}/ModelInfer/{model.name}"),
-            reject=abort,
+            encode=lambda request, result: reply(
+                request, _response(model, request, result, _wants_raw(request))
+            ),
+            caller=grpc_caller(f"/{SERVICE_NAME}/{rpc}/{model.name}"),
+            reject=reject,
             timeout=remaining,
             decode_in_thread=_decode_in_thread(model),
         ),
     )
+
+
+def _infer_call(
+    model: KServeModel, policy: CallPolicy
+) -> ModelCall[InferRequest, ServicerContext, bytes]:
+    """ModelInfer: the reply's bytes, or an abort."""
+
+    def reply(request: InferRequest, response: Any) -> bytes:
+        return bytes(response.SerializeToString())
+
+    return _model_call(model, policy, "ModelInfer", reply, abort)
 
 
 def _stream_call(
@@ -158,21 +176,11 @@ def _stream_call(
     """ModelStreamInfer: one message per result (per chunk of a streaming model), or one
     `error_message` on failure; the stream goes on either way."""
     final = not model.streaming
-    return ModelCall(
-        model.runner,
-        policy,
-        Wire(
-            protocol="KServe gRPC",
-            decode=lambda request: _kwargs(model, request),
-            encode=lambda request, result: _streamed(
-                _response(model, request, result, _wants_raw(request)), request, final=final
-            ),
-            caller=grpc_caller(f"/{SERVICE_NAME}/ModelStreamInfer/{model.name}"),
-            reject=_stream_error,
-            timeout=remaining,
-            decode_in_thread=_decode_in_thread(model),
-        ),
-    )
+
+    def reply(request: InferRequest, response: Any) -> Any:
+        return _streamed(response, request, final=final)
+
+    return _model_call(model, policy, "ModelStreamInfer", reply, _stream_error)
 
 
 class KServeServicer:
