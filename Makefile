@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_admission.py
 	$(BIN)/python benchmarks/bench_stream_input.py
 	$(BIN)/python benchmarks/bench_percall.py
+	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/profile_call.py
 
 clean:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
@@ -188,6 +189,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _stop(server: RunningServer) -> None:
     if server.process.poll() is None:
         os.killpg(server.process.pid, signal.SIGTERM)
+        os.killpg(server.process.pid, signal.SIGCONT)  # a benchmark may have paused it
         try:
             server.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -275,19 +277,33 @@ def ensure_reference_venv() -> Path:
     return REFERENCE_VENV
 
 
-def ensure_pytriton_venv() -> Path:
-    """A venv of Debian's python3.11 with `nvidia-pytriton` from PyPI, made on first use."""
-    python = PYTRITON_VENV / "bin" / "python"
-    marker = PYTRITON_VENV / ".installed"
-    if not marker.exists():
-        print(f"creating {PYTRITON_VENV} with nvidia-pytriton", file=sys.stderr)
-        subprocess.run([PYTRITON_PYTHON, "-m", "venv", "--clear", str(PYTRITON_VENV)], check=True)
-        pip = [str(PYTRITON_VENV / "bin" / "pip"), "install", "nvidia-pytriton"]
-        done = subprocess.run(pip, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{shlex.join(pip)} failed:\n{done.stdout}\n{done.stderr}")
-        marker.touch()
-    return python
+def ensure_venv(path: Path, python: str, requirements: Sequence[str]) -> Path:
+    """A venv of ``python`` at ``path`` with ``requirements`` pip-installed; returns its python.
+
+    Made on first use and completed when a benchmark asks for more than it holds: the
+    requirements installed are recorded beside it, so a second benchmark sharing the venv
+    installs only what it adds.
+    """
+    venv_python = path / "bin" / "python"
+    marker = path / ".installed"
+    installed = set(marker.read_text().splitlines()) if marker.exists() else set()
+    if set(requirements) <= installed:
+        return venv_python
+    print(f"installing {' '.join(requirements)} into {path}", file=sys.stderr)
+    if not venv_python.exists():
+        subprocess.run([python, "-m", "venv", "--clear", str(path)], check=True)
+    pip = [str(path / "bin" / "pip"), "install", *requirements]
+    done = subprocess.run(pip, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(pip)} failed:\n{done.stdout}\n{done.stderr}")
+    marker.write_text("\n".join(sorted(installed | set(requirements))) + "\n")
+    return venv_python
+
+
+def ensure_pytriton_venv(extra: Sequence[str] = ()) -> Path:
+    """A venv of Debian's python3.11 with `nvidia-pytriton` from PyPI (and ``extra``, such as
+    a model's packages), made on first use."""
+    return ensure_venv(PYTRITON_VENV, PYTRITON_PYTHON, ["nvidia-pytriton", *extra])
 
 
 # --------------------------------------------------------------------------- h2load
@@ -445,19 +461,38 @@ def alternate(
     check: Callable[[RunningServer], None],
 ) -> Samples:
     """Start every server, check each answers correctly, warm each up, then alternate rounds."""
+    return alternate_cells(specs, rounds, [None], lambda server, _: measure(server), check)
+
+
+def alternate_cells(
+    specs: Sequence[ServerSpec],
+    rounds: int,
+    cells: Sequence[object],
+    measure: Callable[[RunningServer, Any], Mapping[str, float]],
+    check: Callable[[RunningServer], None],
+) -> Samples:
+    """As `alternate`, with each round going through ``cells`` (concurrencies, say) and the
+    servers taking turns within each cell: the runs compared in a cell are seconds apart, not
+    a whole turn of every cell apart, so drift on a shared machine touches them alike.
+    ``measure(server, cell)`` returns the cell's metrics under keys of its own."""
     samples: Samples = {spec.name: {} for spec in specs}
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(running(spec)) for spec in specs]
         for server in servers:
             check(server)
-            measure(server)  # discarded: first calls pay for lazy imports, caches, connections
+            for cell in cells:
+                measure(server, cell)  # discarded: first calls pay for lazy imports, caches
         for round_no in range(1, rounds + 1):
-            for server in servers:
-                result = measure(server)
-                for key, value in result.items():
-                    samples[server.spec.name].setdefault(key, []).append(value)
-                shown = ", ".join(f"{k}={v:,.2f}" for k, v in result.items())
-                print(f"round {round_no}/{rounds} {server.spec.name:<10} {shown}", file=sys.stderr)
+            for cell in cells:
+                for server in servers:
+                    result = measure(server, cell)
+                    for key, value in result.items():
+                        samples[server.spec.name].setdefault(key, []).append(value)
+                    shown = ", ".join(f"{k}={v:,.2f}" for k, v in result.items())
+                    print(
+                        f"round {round_no}/{rounds} {server.spec.name:<10} {shown}",
+                        file=sys.stderr,
+                    )
     for name, metrics in samples.items():
         _recorded.setdefault(name, {}).update(metrics)
     return samples
