@@ -199,9 +199,8 @@ def _stats_path(name: str) -> Path:
 
 def blazerpc_venv() -> Path:
     """This checkout's default install (no extras, editable) beside the model's packages."""
-    # aiohttp only because blazerpc (8fb82e5) imports it even without its [http] extra.
     return harness.ensure_venv(
-        BLAZERPC_VENV, sys.executable, [f"--editable={harness.ROOT}", "aiohttp", *MODEL_PACKAGES]
+        BLAZERPC_VENV, sys.executable, [f"--editable={harness.ROOT}", *MODEL_PACKAGES]
     )
 
 
@@ -214,8 +213,8 @@ def blazerpc_contender() -> Contender:
     ).stdout.strip()
     spec = ServerSpec(
         name="blazerpc",
-        description=f"BlazeRPC (this repo at {commit or 'an unknown commit'}, default install "
-        f"plus aiohttp, see `blazerpc_venv`): `blaze serve {app}` (benchmarks/models_apps.py), "
+        description=f"BlazeRPC (this repo at {commit or 'an unknown commit'}, default install, "
+        f"see `blazerpc_venv`): `blaze serve {app}` (benchmarks/models_apps.py), "
         "native gRPC",
         command=lambda port: [
             str(blaze),
