@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MODELS_STAMP := $(VENV)/.installed-models
 
-.PHONY: demo test lint fuzz bench clean
+.PHONY: demo test test-models lint fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +15,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The [models] extra (torch 2.13.0's CPU wheel, transformers, ONNX Runtime) on top of [dev].
+$(MODELS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,models]'
+	touch $(MODELS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python examples/iris/demo.py
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/python -m pytest -q
+
+# Real models (tests/models, marked `models`, which `make test` deselects).
+test-models: $(MODELS_STAMP)
+	$(BIN)/python -m pytest -q -m models tests/models
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
