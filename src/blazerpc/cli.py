@@ -29,7 +29,9 @@ cli = typer.Typer(
 )
 cli.add_typer(deploy, name="deploy")
 
-AppPath = Annotated[str, typer.Argument(help="The app to load, as MODULE:ATTR, e.g. main:app")]
+AppPath = Annotated[
+    str, typer.Argument(help="The app to load, as MODULE:ATTR (e.g. main:app), or an .onnx file")
+]
 AppDir = Annotated[
     Path, typer.Option(help="Directory to import the app from (the current one is always used)")
 ]

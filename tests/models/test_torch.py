@@ -175,7 +175,7 @@ def threads(x: TensorInput[np.float32, 1]) -> TensorOutput[np.int64, 1]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_torch_threads_are_the_cores_divided_between_workers(tmp_path, workers: int) -> None:
-    from blazerpc.contrib.torch import cpu_count
+    from blazerpc.contrib import cpu_count
 
     (tmp_path / "torch_app.py").write_text(TORCH_APP)
     port = free_port()

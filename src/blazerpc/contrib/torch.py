@@ -15,7 +15,6 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import os
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import ConfigurationError
-from ..server.workers import WORKERS_ENV
-from . import converting, require
+from . import converting, require, thread_share
 
 # Arrays this small are copied: a copy costs nothing at this size, and CPython shares the
 # `bytes` objects of zero or one byte, which an in-place op on a view would corrupt.
@@ -97,22 +95,6 @@ def _to_numpy(torch: Any, result: Any) -> Any:
     if isinstance(result, dict):
         return {key: _to_numpy(torch, value) for key, value in result.items()}
     return result
-
-
-def cpu_count() -> int:
-    """The cores this process may run on (its affinity mask, as in a container), not the
-    machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def thread_share() -> int:
-    """Torch threads per worker: this process's cores divided between the workers that
-    `blaze serve --workers N` started (one worker when run otherwise), at least one."""
-    workers = max(1, int(os.environ.get(WORKERS_ENV, "1")))
-    return max(1, cpu_count() // workers)
 
 
 def torch_model(
