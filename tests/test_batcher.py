@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from grpc import StatusCode
 
-from blazerpc import RPCError, TensorInput, TensorOutput
+from blazerpc import ConfigurationError, InferenceError, RPCError, TensorInput, TensorOutput
 from blazerpc.runtime.batcher import Batcher, BatchSettings
 from blazerpc.runtime.executor import Executor
 from blazerpc.runtime.registry import ModelEntry, ModelRegistry
@@ -252,14 +253,180 @@ async def test_a_model_failure_reaches_every_request_of_its_batch() -> None:
     assert batcher._running == 0
 
 
-async def test_an_idle_model_waits_for_no_one_and_a_busy_one_waits_for_its_last_batch() -> None:
+async def test_a_lone_request_waits_for_no_one_even_just_after_a_batch() -> None:
     clock = Clock()
     model = GatedModel(lambda kwargs: kwargs["n"])
     model.open()
     async with batching(list_entry(), model, clock, batch_timeout_ms=10_000) as batcher:
         # idle: runs at once, in the caller's task, whatever batch_timeout_ms says
-        assert await asyncio.wait_for(batcher.submit({"n": 1}), 1) == 1
-        clock.now += 60  # idle for a minute: demand falls back to one request
-        assert batcher._demand(clock.now) == 1
-        batcher._last_size, batcher._last_finished = 3, clock.now
-        assert batcher._demand(clock.now) == 3  # a batch of 3 just ended: expect them back
+        assert await asyncio.wait_for(batcher.submit({"n": 1}), 1) == [1][0]
+        # a batch of one just ended: nobody else is expected, so the next runs at once too
+        assert await asyncio.wait_for(batcher.submit({"n": 2}), 1) == 2
+        assert batcher.stats.batch_sizes == {1: 2}
+
+
+async def closed_loop(batcher: Batcher, clients: int, rounds: int) -> None:
+    """`clients` callers that each send their next request when the last one is answered."""
+
+    async def client(i: int) -> None:
+        for r in range(rounds):
+            assert await batcher.submit({"n": i * 1000 + r}) == i * 1000 + r
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+
+
+class BusyModel:
+    """An async fake model that yields to the loop a few times per call, long enough for
+    every other caller to queue behind it, and records each batch's size."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def __call__(self, kwargs: dict[str, Any]) -> Any:
+        self.sizes.append(len(kwargs["n"]))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return kwargs["n"]
+
+
+@pytest.mark.parametrize(("clients", "max_batch_size"), [(16, 32), (9, 32), (40, 16)])
+async def test_batches_grow_to_the_load_within_two_batches(
+    clients: int, max_batch_size: int
+) -> None:
+    model = BusyModel()
+    # the first caller finishes a round ahead of the rest, who then wait out one timeout
+    settings = {"max_batch_size": max_batch_size, "batch_timeout_ms": 100}
+    batcher = Batcher(list_entry(), model, BatchSettings(**settings), clock=Clock())
+    batcher.start()
+    try:
+        await asyncio.wait_for(closed_loop(batcher, clients, rounds=6), 5)
+    finally:
+        await batcher.stop()
+    # The first request finds the model idle and runs alone; the next batch takes the queue
+    # plus that caller's next request; from then on every batch holds every caller (or is full).
+    steady = min(clients, max_batch_size)
+    assert model.sizes[0] == 1
+    assert model.sizes[1:-2] == [steady] * (len(model.sizes) - 3)
+    assert sum(model.sizes) == clients * 6
+
+
+async def test_batches_shrink_to_a_smaller_load_after_one_timeout() -> None:
+    model = BusyModel()
+    batcher = Batcher(list_entry(), model, BatchSettings(batch_timeout_ms=50), clock=time_clock())
+    batcher.start()
+    try:
+        await asyncio.wait_for(closed_loop(batcher, 12, rounds=4), 5)
+        grown = len(model.sizes)
+        await asyncio.wait_for(closed_loop(batcher, 5, rounds=6), 5)
+    finally:
+        await batcher.stop()
+    assert model.sizes[1 : grown - 1] == [12] * (grown - 2)
+    # The first batch of the new load may wait out one timeout for callers who left; then
+    # batches match the 5 callers that remain.
+    assert model.sizes[grown + 1 : -1] == [5] * (len(model.sizes) - grown - 2)
+    assert len(model.sizes) - grown <= 7
+
+
+def time_clock() -> Callable[[], float]:
+    return time.perf_counter
+
+
+def keyed_entry() -> ModelEntry:
+    def lengths(n: list[int]) -> list[int]:
+        return n
+
+    return ModelRegistry().register("lengths", lengths, batched=True, batch_key=lambda n: n)
+
+
+async def test_a_batch_key_groups_nearby_keys_when_more_wait_than_fit() -> None:
+    model = GatedModel(lambda kwargs: kwargs["n"])
+    async with batching(keyed_entry(), model, max_batch_size=4) as batcher:
+        busy = asyncio.create_task(batcher.submit({"n": 30}))
+        await _until(lambda: model.running == 1)
+        keys = [5, 50, 6, 51, 7, 52, 8, 53]
+        queued = [asyncio.create_task(batcher.submit({"n": k})) for k in keys]
+        await _queued(batcher, 8)
+        model.open()
+        assert await asyncio.gather(busy, *queued) == [30, *keys]
+    assert [call["n"] for call in model.calls] == [[30], [5, 6, 7, 8], [50, 51, 52, 53]]
+    stats = batcher.stats
+    assert stats.keys_needed == 30 + 26 + 206
+    assert stats.keys_computed == 30 + 4 * 8 + 4 * 53
+    assert stats.padding_waste == pytest.approx(1 - 262 / 274)
+
+
+async def test_without_a_batch_key_batches_take_the_oldest_first() -> None:
+    model = GatedModel(lambda kwargs: kwargs["n"])
+    async with batching(list_entry(), model, max_batch_size=4) as batcher:
+        busy = asyncio.create_task(batcher.submit({"n": 30}))
+        await _until(lambda: model.running == 1)
+        keys = [5, 50, 6, 51, 7, 52, 8, 53]
+        queued = [asyncio.create_task(batcher.submit({"n": k})) for k in keys]
+        await _queued(batcher, 8)
+        model.open()
+        await asyncio.gather(busy, *queued)
+    assert [call["n"] for call in model.calls] == [[30], [5, 50, 6, 51], [7, 52, 8, 53]]
+    assert batcher.stats.padding_waste == 0.0
+
+
+async def test_a_batch_key_never_splits_what_fits_in_one_batch() -> None:
+    model = GatedModel(lambda kwargs: kwargs["n"])
+    async with batching(keyed_entry(), model, max_batch_size=8) as batcher:
+        busy = asyncio.create_task(batcher.submit({"n": 1}))
+        await _until(lambda: model.running == 1)
+        queued = [asyncio.create_task(batcher.submit({"n": k})) for k in (90, 2, 80)]
+        await _queued(batcher, 3)
+        model.open()
+        await asyncio.gather(busy, *queued)
+    assert [call["n"] for call in model.calls] == [[1], [90, 2, 80]]
+
+
+def texts(t: list[str]) -> list[str]:
+    return t
+
+
+async def test_a_batch_key_that_returns_no_number_fails_that_request_by_name() -> None:
+    entry = ModelRegistry().register("texts", texts, batched=True, batch_key=lambda t: "long")
+    model = GatedModel(lambda kwargs: kwargs["t"])
+    async with batching(entry, model) as batcher:
+        with pytest.raises(InferenceError, match="'texts': batch_key returned str"):
+            await batcher.submit({"t": "a"})
+
+
+def test_batch_key_is_checked_at_registration() -> None:
+    def echo(t: str) -> str:
+        return t
+
+    registry = ModelRegistry()
+    with pytest.raises(ConfigurationError, match="needs a model that batches"):
+        registry.register("one", echo, batch_key=lambda t: len(t))
+    with pytest.raises(ConfigurationError, match=r"takes \['txt'\].*\['t'\]"):
+        registry.register("two", texts, batched=True, batch_key=lambda txt: 1)
+
+
+async def test_a_batched_model_may_return_an_array_with_a_row_per_request() -> None:
+    model = GatedModel(lambda kwargs: np.array([[v, v] for v in kwargs["n"]], np.float32))
+    async with batching(list_entry(), model) as batcher:
+        calls = [asyncio.create_task(batcher.submit({"n": i})) for i in range(3)]
+        await _queued(batcher, 2)
+        model.open()
+        rows = await asyncio.gather(*calls)
+    assert [row.tolist() for row in rows] == [[0, 0], [1, 1], [2, 2]]
+
+
+async def test_merged_inputs_are_read_only_like_a_lone_request() -> None:
+    seen: list[bool] = []
+
+    def record(kwargs: dict[str, Any]) -> Any:
+        seen.append(kwargs["x"].flags.writeable)
+        return kwargs["x"]
+
+    model = GatedModel(record)
+    async with batching(tensor_entry(), model) as batcher:
+        lone = np.ones((1, 2), np.float32)
+        lone.flags.writeable = False  # as codec decodes every tensor
+        calls = [asyncio.create_task(batcher.submit({"x": lone})) for _ in range(3)]
+        await _queued(batcher, 2)
+        model.open()
+        await asyncio.gather(*calls)
+    assert seen == [False, False]

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import typer
 
-from blazerpc import BlazeApp, SyncBlazeClient
-from blazerpc.cli import load_app
+from blazerpc import BlazeApp, SyncBlazeClient, TensorInput, TensorOutput
+from blazerpc.cli import banner, load_app
 
 from .processes import BLAZE, blaze_serve, exits_within, run_tool, wait_serving
 from .support import free_port, running
@@ -374,3 +374,61 @@ async def test_serve_banner_shows_which_models_stream(tmp_path: Path) -> None:
     assert "streaming" in lines["generate"]
     assert "streaming" in lines["words"]
     assert "streaming" not in lines["echo"]
+
+
+SLOW_START_APP = textwrap.dedent(
+    """
+    import asyncio
+    import logging
+
+    from blazerpc import BlazeApp
+
+    app = BlazeApp(name="slow-start")
+
+    @app.on_startup
+    async def load_weights() -> None:
+        logging.getLogger("somelib").info("somelib chatter at INFO")
+        logging.getLogger("somelib").warning("somelib warns")
+        await asyncio.sleep(1.0)
+
+    @app.model("echo")
+    def echo(text: str) -> str:
+        return text
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_ready_line_after_start_up_and_library_info_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_START_APP)
+    port = free_port()
+    with blaze_serve("--port", str(port), app="slow:app", cwd=tmp_path) as proc:
+        wait_serving(port, proc)
+        with SyncBlazeClient("127.0.0.1", port, timeout=10) as client:
+            assert client.predict("echo", text="hi") == "hi"
+        proc.send_signal(signal.SIGTERM)
+        assert exits_within(proc, 15) == 0
+        output = proc.stdout.read() if proc.stdout else ""
+    ready = [line for line in output.splitlines() if "ready: 1 model(s) take calls" in line]
+    assert len(ready) == 1, output
+    assert f"127.0.0.1:{port}" in ready[0] and "start-up took 1." in ready[0]
+    assert output.index("somelib warns") < output.index(ready[0])
+    assert "somelib chatter" not in output  # a library's INFO stays quiet
+
+
+def test_banner_says_when_only_requests_of_one_length_share_a_batch() -> None:
+    app = BlazeApp()
+
+    @app.model("embed-ids")
+    def embed_ids(
+        ids: TensorInput[np.int64, "batch", "seq"],
+    ) -> TensorOutput[np.float32, "batch", 8]:
+        return np.zeros((len(ids), 8), np.float32)
+
+    @app.model("classify")
+    def classify(x: TensorInput[np.float32, "batch", 4]) -> TensorOutput[np.int64, "batch"]:
+        return np.zeros(len(x), np.int64)
+
+    lines = {line.split()[0]: line for line in banner(app, "h", 1).splitlines()}
+    assert "only requests of equal 'seq' share a batch" in lines["embed-ids"]
+    assert "batched (up to 32)," in lines["classify"]

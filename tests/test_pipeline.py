@@ -19,6 +19,7 @@ from blazerpc.convert import scalar
 from blazerpc.injection import injected_marker
 from blazerpc.pipeline import CallerGone, Failure, ModelCall, Wire
 from blazerpc.policy import CallPolicy
+from blazerpc.runtime.batcher import BatchSettings
 from blazerpc.runtime.executor import Executor
 from blazerpc.runtime.registry import ModelRegistry
 from blazerpc.runtime.runner import ModelRunner
@@ -141,6 +142,34 @@ async def test_a_model_fault_is_internal_and_logged_once(
     logged = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert [r.getMessage() for r in logged] == ["model 'model' over a fake transport failed"]
     assert logged[0].exc_info is not None
+
+
+async def test_a_failed_batch_logs_its_traceback_once_and_fails_every_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+
+    async def broken(n: list[int]) -> list[int]:
+        started.set()
+        await asyncio.sleep(0.05)  # the other calls queue behind the first meanwhile
+        raise KeyError("weights")
+
+    entry = ModelRegistry().register("model", broken, batched=True)
+    runner = ModelRunner(entry, Executor(2), BatchSettings())
+    runner.start()
+    transport = FakeTransport()
+    call = ModelCall(runner, open_policy(), wire(transport))
+    try:
+        first = asyncio.create_task(call.unary({"n": 0}, transport))
+        await started.wait()
+        rest = [asyncio.create_task(call.unary({"n": i}, transport)) for i in range(1, 6)]
+        failures = await asyncio.gather(first, *rest)
+    finally:
+        await runner.stop()
+    assert {f.code for f in failures} == {StatusCode.INTERNAL}
+    assert runner.batcher is not None and runner.batcher.stats.batch_sizes == {1: 1, 5: 1}
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(logged) == 2  # one per failed batch, not one per request
 
 
 async def test_a_wrong_result_names_the_model_the_field_and_both_types() -> None:

@@ -19,6 +19,7 @@ from .runtime.registry import ModelEntry
 from .schema import FILE_NAME
 from .server.server import ServerTLS
 from .server.workers import ServeConfig, serve_process, serve_with_reload, supervise
+from .types import Tensor
 
 cli = typer.Typer(
     name="blaze",
@@ -70,7 +71,7 @@ def banner(
         elif m.streaming:
             mode = "streaming"
         elif (settings := app.batch_settings(m)) is not None:
-            mode = f"unary, batched (up to {settings.max_batch_size})"
+            mode = f"unary, batched (up to {settings.max_batch_size}{_shared_when(m)})"
         else:
             mode = "unary"
         lines.append(f"  {m.name:<24} v{m.version:<6} {mode}, {_runs_where(m, app)}")
@@ -89,6 +90,26 @@ def banner(
             "GET /health" + ("" if port is not None else f"; {loop.value} event loop") + ")"
         )
     return "\n".join(lines)
+
+
+def _shared_when(entry: ModelEntry) -> str:
+    """Say so when requests batch only with requests of the same length (e.g. "seq"), which
+    on real text means batches of one or two: serve strings with a batch_key instead."""
+    if not entry.stacks_tensors:
+        return ""
+    varying = sorted(
+        {
+            str(dim)
+            for f in entry.signature.params
+            if isinstance(f.type, Tensor)
+            for dim in (f.type.dims or ())[1:]
+            if isinstance(dim, str)
+        }
+    )
+    if not varying:
+        return ""
+    names = " and ".join(f"'{d}'" for d in varying)
+    return f"; only requests of equal {names} share a batch"
 
 
 def _runs_where(entry: ModelEntry, app: BlazeApp) -> str:

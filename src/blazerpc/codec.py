@@ -111,8 +111,9 @@ def tensor_from_bytes(
 def tensor_from_elements(
     elements: np.ndarray, shape: Sequence[int], spec: Tensor, path: str
 ) -> np.ndarray:
-    """A flat array of elements (protocols that send numbers, not bytes) as an array of
-    `shape`, checked."""
+    """A flat array of elements (protocols that send numbers, not bytes) as a read-only array
+    of `shape`, checked: read-only like one decoded from bytes, so a model sees the same
+    inputs whatever the protocol."""
     shape = check_shape(shape, spec, path)
     expected = math.prod(shape)
     if elements.size != expected:
@@ -120,7 +121,9 @@ def tensor_from_elements(
             f"field '{path}': shape {list(shape)} needs {expected} elements, got {elements.size}",
             field=path,
         )
-    return elements.reshape(shape)
+    arr = elements.reshape(shape)
+    arr.flags.writeable = False
+    return arr
 
 
 def fill_tensor(proto: Any, value: Any, spec: Tensor, path: str = "result") -> None:

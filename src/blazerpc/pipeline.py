@@ -46,10 +46,12 @@ class Failure:
 
 def fail(exc: BaseException, where: str) -> Failure:
     """The status a call ends with when `exc` escapes it (the table in `exceptions`). A server
-    fault (INTERNAL) is logged here with its traceback, and nowhere else."""
+    fault (INTERNAL) is logged here with its traceback, and nowhere else: once, though every
+    request of a failed batch ends with the same exception."""
     code, details = status_of(exc)
-    if code is StatusCode.INTERNAL:
+    if code is StatusCode.INTERNAL and not exc.__dict__.get("_blazerpc_logged"):
         logger.error("%s failed", where, exc_info=exc)
+        exc.__dict__["_blazerpc_logged"] = True
     return Failure(code, details, getattr(exc, "field", None))
 
 

@@ -1,10 +1,16 @@
 """Adaptive batching: many concurrent requests, one model call, each caller gets its own rows.
 
 Dispatch is demand-driven. A request that finds the model idle runs at once, in the caller's
-own task. While the model is busy, requests queue; when it frees up, the next batch takes what
-is queued and, if the previous batch was larger (its callers are about to send again), waits
-up to `batch_timeout_ms` for them. The queue is bounded, and requests whose caller gave up
-are dropped before they reach the model.
+own task. While the model is busy, requests queue. When a batch finishes, its callers are
+about to send again, so the batcher expects them back: the next batch waits (at most
+`batch_timeout_ms`) for what is queued plus the batch that just ended, and a request arriving
+meanwhile joins it rather than running alone. Under a steady load of N callers, batches so
+grow to N within two batches instead of freezing at whatever size came first.
+
+When more requests wait than one batch holds and the model declares a `batch_key` (a length,
+such as a token count), the batch is the oldest request plus those of the nearest keys, so
+a batch padded to its longest member pads little. The queue is bounded, and requests whose
+caller gave up are dropped before they reach the model.
 """
 
 from __future__ import annotations
@@ -48,6 +54,15 @@ class BatchStats:
     batch_sizes: Counter[int] = field(default_factory=Counter)
     queue_seconds: float = 0.0
     model_seconds: float = 0.0
+    # With a batch_key: the keys (e.g. tokens) the batches needed, and what they computed if
+    # each batch is padded to its longest member.
+    keys_needed: float = 0
+    keys_computed: float = 0
+
+    @property
+    def padding_waste(self) -> float:
+        """The share of computed tokens (batch_key units) that were padding; 0 without a key."""
+        return 1 - self.keys_needed / self.keys_computed if self.keys_computed else 0.0
 
     @property
     def mean_batch_size(self) -> float:
@@ -68,20 +83,39 @@ class BatchStats:
 
 
 class _Pending:
-    __slots__ = ("deadline", "enqueued", "future", "key", "kwargs", "rows")
+    __slots__ = ("deadline", "enqueued", "future", "key", "kwargs", "length", "rows")
 
     def __init__(
         self,
         kwargs: dict[str, Any],
         rows: int,
         key: Any,
+        length: float,
         deadline: float | None,
         future: asyncio.Future[Any],
         enqueued: float,
     ) -> None:
-        self.kwargs, self.rows, self.key, self.deadline = kwargs, rows, key, deadline
+        self.kwargs, self.rows, self.key, self.length = kwargs, rows, key, length
+        self.deadline = deadline
         self.future = future
         self.enqueued = enqueued
+
+
+def key_function(entry: ModelEntry) -> Callable[[dict[str, Any]], float] | None:
+    """One request's batch_key value from its keyword arguments, or None without a key."""
+    batch_key = entry.batch_key
+    if batch_key is None:
+        return None
+    names = entry.batch_key_params
+    where = f"model '{entry.name}': batch_key"
+
+    def length(kwargs: dict[str, Any]) -> float:
+        value = batch_key(**{n: kwargs[n] for n in names})
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise InferenceError(f"{where} returned {type(value).__name__}; expected a number")
+        return float(value)
+
+    return length
 
 
 class TensorStacking:
@@ -112,7 +146,7 @@ class TensorStacking:
     def merge(self, batch: Sequence[_Pending]) -> dict[str, Any]:
         if len(batch) == 1:
             return batch[0].kwargs
-        return {n: np.concatenate([p.kwargs[n] for p in batch]) for n in self.inputs}
+        return {n: _read_only(np.concatenate([p.kwargs[n] for p in batch])) for n in self.inputs}
 
     def split(self, result: Any, batch: Sequence[_Pending]) -> list[Any]:
         result = np.asarray(result)
@@ -130,6 +164,13 @@ class TensorStacking:
         return out
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A model sees read-only inputs whether its request ran alone (a view of the message's
+    bytes) or merged into a batch, so an in-place edit fails the same way under any load."""
+    array.flags.writeable = False
+    return array
+
+
 class ListBatching:
     """batched=True models: one list per parameter in, one list of results out."""
 
@@ -144,15 +185,18 @@ class ListBatching:
         return {n: [p.kwargs[n] for p in batch] for n in self.inputs}
 
     def split(self, result: Any, batch: Sequence[_Pending]) -> list[Any]:
-        if not isinstance(result, (list, tuple)) or len(result) != len(batch):
+        # An array's rows are its results: `return model.encode(texts)` works as written.
+        rows = isinstance(result, np.ndarray) and result.ndim > 0
+        if not (rows or isinstance(result, (list, tuple))) or len(result) != len(batch):
             got = (
                 f"{len(result)} results"
-                if isinstance(result, (list, tuple))
+                if isinstance(result, (list, tuple)) or rows
                 else (f"a {type(result).__name__}")
             )
             raise InferenceError(
                 f"model '{self.name}' returned {got} for a batch of {len(batch)} requests; "
-                "a batched=True model must return a list with one result per request"
+                "a batched=True model must return a list (or an array) with one result per "
+                "request"
             )
         return list(result)
 
@@ -184,10 +228,13 @@ class Batcher:
         self.settings = settings
         self.stats = BatchStats()
         self._invoke = invoke
+        self._length = key_function(entry)
         self._queue: deque[_Pending] = deque()
         self._running = 0
-        self._last_size = 0
-        self._last_finished = 0.0
+        # Set when a batch finishes: how many requests the next batch expects, and until when
+        # it waits for them. While expecting, arrivals join the queue instead of running alone.
+        self._want = 0
+        self._expect_until = 0.0
         self._timeout = settings.batch_timeout_ms / 1000
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -207,16 +254,14 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def _demand(self, now: float) -> int:
-        """How many requests the next batch should wait for: the size of the last batch, whose
-        callers are likely to send again, unless the model has been idle for a while."""
-        if now - self._last_finished > self._timeout:
-            return 1
-        return min(self.settings.max_batch_size, max(1, self._last_size))
+    def _expecting(self, now: float) -> bool:
+        """Whether callers of a batch that just finished are still expected back."""
+        return self._want > 1 and now < self._expect_until
 
     async def submit(self, kwargs: dict[str, Any], timeout: float | None = None) -> Any:
         """The model's result for one request, computed in some batch."""
         rows, key = self.plan.prepare(kwargs)
+        length = 0.0 if self._length is None else self._length(kwargs)
         if len(self._queue) >= self.settings.max_queue_size:
             self.stats.rejected += 1
             raise RPCError(
@@ -227,9 +272,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = self._clock()
         deadline = None if timeout is None else now + timeout
-        pending = _Pending(kwargs, rows, key, deadline, loop.create_future(), now)
+        pending = _Pending(kwargs, rows, key, length, deadline, loop.create_future(), now)
         self.stats.requests += 1
-        if not self._queue and self._running < self.settings.max_concurrent_batches:
+        if (
+            not self._queue
+            and self._running < self.settings.max_concurrent_batches
+            and not self._expecting(now)
+        ):
             # Idle model: run at once in this task, no queue and no dispatcher hop.
             await self._run([pending])
             return pending.future.result()
@@ -256,10 +305,10 @@ class Batcher:
                 task.add_done_callback(self._tasks.discard)
 
     async def _collect(self) -> list[_Pending]:
-        """Wait (at most batch_timeout) while requests are still arriving, then take a batch."""
-        now = self._clock()
-        want = self._demand(now)
-        give_up = now + self._timeout
+        """Wait, until the expected callers are back or batch_timeout has passed since the
+        last batch finished, then take a batch."""
+        want = self._want if self._expecting(self._clock()) else 1
+        give_up = self._expect_until
         while len(self._queue) < want:
             remaining = give_up - self._clock()
             if remaining <= 0:
@@ -269,20 +318,17 @@ class Batcher:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 break
+        self._want = 0
         return self._take()
 
-    def _take(self) -> list[_Pending]:
-        """Up to max_batch_size rows of live, compatible requests, oldest first."""
+    def _live(self) -> deque[_Pending]:
+        """The queue without requests whose caller gave up or whose deadline passed."""
         now = self._clock()
-        batch: list[_Pending] = []
-        rest: deque[_Pending] = deque()
-        rows, key = 0, None
-        while self._queue:
-            p = self._queue.popleft()
+        live: deque[_Pending] = deque()
+        for p in self._queue:
             if p.future.done():
                 self.stats.dropped += 1
-                continue
-            if p.deadline is not None and p.deadline <= now:
+            elif p.deadline is not None and p.deadline <= now:
                 self.stats.dropped += 1
                 p.future.set_exception(
                     RPCError(
@@ -290,18 +336,32 @@ class Batcher:
                         f"deadline passed while queued for model '{self.name}'",
                     )
                 )
-                continue
-            if batch and (p.key != key or rows + p.rows > self.settings.max_batch_size):
-                rest.append(p)
-                if rows >= self.settings.max_batch_size:
+            else:
+                live.append(p)
+        return live
+
+    def _take(self) -> list[_Pending]:
+        """Up to max_batch_size rows of live requests of the oldest one's shape: oldest first,
+        or, when a batch_key is declared and more wait than fit, nearest the oldest's key."""
+        queue = self._live()
+        limit = self.settings.max_batch_size
+        candidates = list(queue)
+        if self._length is not None and sum(p.rows for p in candidates) > limit:
+            first = candidates[0].length
+            candidates.sort(key=lambda p: abs(p.length - first))  # stable: oldest first on ties
+        batch: list[_Pending] = []
+        rows, key = 0, None
+        for p in candidates:
+            if batch and (p.key != key or rows + p.rows > limit):
+                if rows >= limit:
                     break
                 continue
             batch.append(p)
             rows, key = rows + p.rows, p.key
-        rest.extend(self._queue)
-        self._queue = rest
+        taken = set(map(id, batch))
+        self._queue = deque(p for p in queue if id(p) not in taken)
         if self.observer is not None:
-            self.observer.queued(len(rest))
+            self.observer.queued(len(self._queue))
         return batch
 
     async def _run(self, batch: list[_Pending], counted: bool = False) -> None:
@@ -311,6 +371,10 @@ class Batcher:
         start = self._clock()
         waits = [start - p.enqueued for p in batch]
         self.stats.queue_seconds += sum(waits)
+        if self._length is not None:
+            longest = max(p.length for p in batch)
+            self.stats.keys_needed += sum(p.length * p.rows for p in batch)
+            self.stats.keys_computed += longest * sum(p.rows for p in batch)
         finish, deferred = partial(self._finished, len(batch), start, waits), False
         try:
             call = self._invoke(self.plan.merge(batch))
@@ -352,6 +416,8 @@ class Batcher:
         stats.model_seconds += finished - start
         if self.observer is not None:
             self.observer.batch(size, waits, finished - start)
-        self._last_size, self._last_finished = size, finished
+        # This batch's callers are about to send again: expect them beside those queued.
+        self._want = min(self.settings.max_batch_size, len(self._queue) + size)
+        self._expect_until = finished + self._timeout
         if self._queue:
             self._wakeup.set()

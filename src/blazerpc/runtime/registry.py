@@ -76,6 +76,9 @@ class ModelEntry:
     signature: Signature
     batched: bool = False
     batching: BatchOverrides = field(default_factory=BatchOverrides)
+    # A number per request (e.g. its token count) that batches group by; see batcher.py.
+    batch_key: Callable[..., Any] | None = None
+    batch_key_params: tuple[str, ...] = ()
     openai: Any = None  # an OpenAIModel when served on the OpenAI-compatible endpoints
     # Set by the registry from the versions registered under this name: the highest version
     # is `name` and `Predict<Name>` (plus `Predict<Name>V<version>` as an alias when there
@@ -104,6 +107,31 @@ class ModelEntry:
         return len(specs) >= 2 and symbolic and len(leading) == 1
 
 
+def _batch_key_params(
+    where: str, entry: ModelEntry, batch_key: Callable[..., Any]
+) -> tuple[str, ...]:
+    """The model parameters `batch_key` takes, by name: checked now, not on the first request."""
+    if not (entry.batched or entry.stacks_tensors):
+        raise ConfigurationError(
+            f"{where}: batch_key needs a model that batches (batched=True, or tensors with a "
+            "named leading axis)"
+        )
+    if not callable(batch_key):
+        raise ConfigurationError(f"{where}: batch_key must be a function, got {batch_key!r}")
+    params = [f.name for f in entry.signature.params]
+    takes = inspect.signature(batch_key).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in takes):
+        return tuple(params)
+    names = tuple(p.name for p in takes)
+    unknown = [n for n in names if n not in params]
+    if unknown or not names:
+        raise ConfigurationError(
+            f"{where}: batch_key takes {list(names)}; it must take some of the model's "
+            f"parameters {params}, by name, and return a number such as a token count"
+        )
+    return names
+
+
 class ModelRegistry:
     """Models by name; registration checks everything a request would otherwise trip over."""
 
@@ -123,6 +151,7 @@ class ModelRegistry:
         batched: bool = False,
         is_injected: Callable[[inspect.Parameter, Any], Any] | None = None,
         batching: BatchOverrides | None = None,
+        batch_key: Callable[..., Any] | None = None,
     ) -> ModelEntry:
         """Check and record a model, with its own batching overrides if any."""
         where = f"model '{name}' ({getattr(func, '__qualname__', func)})"
@@ -164,6 +193,9 @@ class ModelRegistry:
         entry = ModelEntry(
             name, version, func, streaming, signature, batched, batching or BatchOverrides()
         )
+        if batch_key is not None:
+            entry.batch_key = batch_key
+            entry.batch_key_params = _batch_key_params(where, entry, batch_key)
         self._models[(name, version)] = entry
         try:
             self._name_versions(name)

@@ -56,7 +56,10 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
     if multiprocessing.parent_process() is not None:
         _drain_when_orphaned()
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # BlazeRPC's own lines at INFO; other libraries keep Python's default (WARNING), so their
+    # INFO chatter, and progress bars shown at INFO (sentence-transformers'), stay quiet.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("blazerpc").setLevel(logging.INFO)
     app = load_app(config.app_path, config.app_dir)
     if config.max_message_mb is not None:
         app.limits = replace(app.limits, max_message_bytes=int(config.max_message_mb * 2**20))
