@@ -4,6 +4,8 @@ called with their own clients."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import numpy as np
 
@@ -77,3 +79,46 @@ async def test_embeddings_batch_by_token_count_and_report_padding() -> None:
     assert stats.requests == 48 and stats.batches < 48  # concurrent requests shared calls
     assert stats.keys_needed == sum(example.token_count(t) for t in texts)
     assert 0 <= stats.padding_waste < 1
+
+
+def test_generate_streams_tokens_to_its_client(tmp_path) -> None:
+    port = free_port()
+    env = {"GENERATE_MODEL_DIR": str(tmp_path / "tiny-gpt2")}
+    with blaze_serve("--port", str(port), app="examples.generate.app:app", env=env) as proc:
+        wait_serving(port, proc, timeout=120)
+        from examples.generate.client import stream
+
+        tokens = asyncio.run(stream("127.0.0.1", port, "Once upon a time", 12))
+    assert (tmp_path / "tiny-gpt2" / "config.json").exists()  # built and saved at start-up
+    assert 1 <= len(tokens) <= 12 and all(len(t) == 1 for t in tokens)
+
+
+async def test_a_client_that_hangs_up_stops_generation_within_one_token(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    from examples.generate import app as example
+
+    monkeypatch.setattr(example, "MODEL_DIR", tmp_path / "tiny-gpt2")
+    forward = example.next_token
+    started: list[float] = []
+    step_s = 0.05
+
+    def slow_step(ids, cache, temperature):  # a model whose tokens take a visible time
+        started.append(time.monotonic())
+        time.sleep(step_s)
+        return forward(ids, cache, temperature=0.0)
+
+    caplog.set_level(logging.INFO, logger="examples.generate")
+    async with running(example.app) as server, BlazeClient("127.0.0.1", server.port) as client:
+        monkeypatch.setattr(example, "next_token", slow_step)
+        received = []
+        async for token in client.stream("generate", prompt="abc", max_tokens=500):
+            received.append(token)
+            if len(received) == 3:
+                break
+        hung_up = time.monotonic()
+        await asyncio.sleep(10 * step_s)
+    assert len(received) == 3
+    assert [t for t in started if t > hung_up + step_s] == []  # none began a step later
+    assert len(started) <= len(received) + 2
+    assert any("the client went away, stopped" in r.getMessage() for r in caplog.records)
