@@ -23,13 +23,14 @@ from typing import Any
 from blazerpc import BlazeApp
 from blazerpc.contrib import thread_share
 
-# Printable ASCII is the vocabulary; one more id ends the text.
-VOCAB = string.printable
-END = len(VOCAB)
+# Characters are the tokens. With random weights no token would mean "the end", so there is
+# none: the text always runs to `max_tokens`.
+VOCAB = string.ascii_letters + string.digits + string.punctuation + " "
 MODEL_DIR = Path(os.environ.get("GENERATE_MODEL_DIR", Path(tempfile.gettempdir()) / "tiny-gpt2"))
 
 app = BlazeApp(name="generate")
 logger = logging.getLogger("examples.generate")
+logger.setLevel(logging.INFO)  # `blaze serve` shows WARNING and up for loggers not its own
 model: Any = None  # a GPT2LMHeadModel, once `load` has run
 
 
@@ -40,13 +41,13 @@ def build(directory: Path) -> None:
 
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=END + 1,
+        vocab_size=len(VOCAB),
         n_positions=1024,
         n_embd=64,
         n_layer=2,
         n_head=2,
-        bos_token_id=END,
-        eos_token_id=END,
+        bos_token_id=None,
+        eos_token_id=None,
     )
     GPT2LMHeadModel(config).save_pretrained(directory)
 
@@ -67,7 +68,7 @@ def load() -> None:
 
 
 def encode(text: str) -> list[int]:
-    return [VOCAB.index(c) for c in text if c in VOCAB] or [END]
+    return [VOCAB.index(c) for c in text if c in VOCAB] or [VOCAB.index(" ")]
 
 
 def next_token(ids: Any, cache: Any, temperature: float) -> int:
@@ -85,7 +86,7 @@ def next_token(ids: Any, cache: Any, temperature: float) -> int:
 
 @app.model("generate", streaming=True)
 def generate(prompt: str, max_tokens: int = 64, temperature: float = 1.0) -> Iterator[str]:
-    """Up to `max_tokens` characters after `prompt`, each sent as soon as it is sampled."""
+    """`max_tokens` characters after `prompt`, each sent as soon as it is sampled."""
     import torch
     from transformers import DynamicCache
 
@@ -94,8 +95,6 @@ def generate(prompt: str, max_tokens: int = 64, temperature: float = 1.0) -> Ite
     try:
         for _ in range(max_tokens):
             token = next_token(ids, cache, temperature)
-            if token == END:
-                break
             sent += 1
             yield VOCAB[token]
             ids = torch.tensor([[token]])

@@ -122,3 +122,17 @@ async def test_a_client_that_hangs_up_stops_generation_within_one_token(
     assert [t for t in started if t > hung_up + step_s] == []  # none began a step later
     assert len(started) <= len(received) + 2
     assert any("the client went away, stopped" in r.getMessage() for r in caplog.records)
+
+
+def test_the_onnx_example_builds_serves_and_classifies(tmp_path) -> None:
+    from examples.onnx.build import build
+    from examples.onnx.client import FLOWERS, classify
+
+    path = build(tmp_path / "iris.onnx")
+    port = free_port()
+    with blaze_serve("--port", str(port), app=str(path)) as proc:
+        wait_serving(port, proc, timeout=60)
+        labels, probabilities = asyncio.run(classify("127.0.0.1", port, FLOWERS))
+    assert labels.tolist() == [0, 1, 2]  # setosa, versicolor, virginica
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    assert (probabilities.max(axis=1) > 0.8).all()
