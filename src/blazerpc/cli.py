@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +45,23 @@ class Transport(str, enum.Enum):
     grpc = "grpc"
     jsonrpc = "jsonrpc"
     both = "both"
+
+
+def _app_target(app_path: str, app_dir: Path) -> str:
+    """The app to load: `model.onnx` is served by blazerpc.contrib.onnx, which finds the file's
+    path in the environment (so worker processes do too). Loaded here first, so a bad file is
+    one clear line."""
+    if not app_path.endswith(".onnx"):
+        return app_path
+    from .contrib.onnx import MODEL_ENV, onnx_app
+
+    path = (app_dir / app_path).resolve()
+    try:
+        onnx_app(path)
+    except ConfigurationError as exc:
+        raise usage_error(str(exc)) from None
+    os.environ[MODEL_ENV] = str(path)
+    return "blazerpc.contrib.onnx:app"
 
 
 def _set(**flags: float | None) -> dict[str, float]:
@@ -177,6 +195,7 @@ def serve(
     ] = Loop.auto,
 ) -> None:
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
+    app_path = _app_target(app_path, app_dir)
     if reload and workers > 1:
         raise usage_error("--reload and --workers cannot be combined")
     if max_connection_age_grace is not None and max_connection_age is None:
@@ -244,7 +263,7 @@ def proto(
     app_dir: AppDir = Path("."),
 ) -> None:
     """Write the app's schema as a .proto file that protoc compiles."""
-    app = load_app(app_path, app_dir)
+    app = load_app(_app_target(app_path, app_dir), app_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / FILE_NAME
     path.write_text(app.proto())

@@ -24,15 +24,7 @@ def usage_error(message: str) -> typer.Exit:
 
 
 def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
-    """Import `MODULE:ATTR` as uvicorn does; each way it can go wrong is one clear line.
-    A path to an `.onnx` file is served as one model (blazerpc.contrib.onnx)."""
-    if target.endswith(".onnx"):
-        from .contrib.onnx import onnx_app
-
-        try:
-            return onnx_app(Path(app_dir) / target)
-        except ConfigurationError as exc:
-            raise usage_error(str(exc)) from None
+    """Import `MODULE:ATTR` as uvicorn does; each way it can go wrong is one clear line."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise usage_error(f"'{target}' is not of the form MODULE:ATTR (for example main:app)")

@@ -5,6 +5,7 @@ Needs `pip install 'blazerpc[onnx]'`."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -22,8 +23,10 @@ from . import require, thread_share
 if TYPE_CHECKING:
     from ..app import BlazeApp
 
-# `blaze serve model.onnx` reads its execution providers here, comma-separated, in order of
-# preference (default: CPUExecutionProvider); workers inherit it.
+# `blaze serve model.onnx` serves this module's `app`: the model at MODEL_ENV's path, with the
+# execution providers in PROVIDERS_ENV, comma-separated, in order of preference (default:
+# CPUExecutionProvider). Worker processes inherit both.
+MODEL_ENV = "BLAZERPC_ONNX_MODEL"
 PROVIDERS_ENV = "BLAZERPC_ONNX_PROVIDERS"
 # The name every dynamic leading dimension takes, so requests batch along it.
 BATCH = "batch"
@@ -218,9 +221,11 @@ def _model_name(path: Path) -> str:
     return name or "model"
 
 
+@functools.cache
 def onnx_app(model_path: str | Path) -> BlazeApp:
-    """An app serving one ONNX model, as `blaze serve model.onnx` does; its execution
-    providers come from the BLAZERPC_ONNX_PROVIDERS environment variable, comma-separated."""
+    """An app serving one ONNX model, as `blaze serve model.onnx` does (once per path and
+    process); its execution providers come from the BLAZERPC_ONNX_PROVIDERS environment
+    variable, comma-separated."""
     from ..app import BlazeApp
 
     path = Path(model_path)
@@ -230,3 +235,10 @@ def onnx_app(model_path: str | Path) -> BlazeApp:
     app = BlazeApp(name=_model_name(path))
     serve_onnx(app, path, providers=[p.strip() for p in providers] or None)
     return app
+
+
+def __getattr__(name: str) -> Any:
+    """`blazerpc.contrib.onnx:app`, the app `blaze serve model.onnx` loads in each process."""
+    if name == "app" and MODEL_ENV in os.environ:
+        return onnx_app(Path(os.environ[MODEL_ENV]))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

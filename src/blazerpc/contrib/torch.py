@@ -169,10 +169,16 @@ def _one_at_a_time(
             raise
         # Released when the forward really ends: a caller that gives up (deadline, cancel)
         # does not stop a running thread, so its slot stays taken until then.
-        done.add_done_callback(lambda _: gate.release())
+        done.add_done_callback(functools.partial(_ended, gate))
         return await asyncio.shield(done)
 
     return run
+
+
+def _ended(gate: asyncio.Semaphore, done: asyncio.Future[Any]) -> None:
+    gate.release()
+    if not done.cancelled():
+        done.exception()  # read, so a forward whose caller left is not logged as unretrieved
 
 
 def warm_up(model: Callable[..., Any], **example: Any) -> Callable[[], Awaitable[None]]:
