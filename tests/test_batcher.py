@@ -338,17 +338,25 @@ def keyed_entry() -> ModelEntry:
     return ModelRegistry().register("lengths", lengths, batched=True, batch_key=lambda n: n)
 
 
-async def test_a_batch_key_groups_nearby_keys_when_more_wait_than_fit() -> None:
+async def batches_behind_a_busy_model(
+    entry: ModelEntry, first: int, keys: list[int], max_batch_size: int
+) -> tuple[list[list[int]], Batcher]:
+    """Each model call's requests, when `keys` queue behind a call running `first`."""
     model = GatedModel(lambda kwargs: kwargs["n"])
-    async with batching(keyed_entry(), model, max_batch_size=4) as batcher:
-        busy = asyncio.create_task(batcher.submit({"n": 30}))
+    async with batching(entry, model, max_batch_size=max_batch_size) as batcher:
+        busy = asyncio.create_task(batcher.submit({"n": first}))
         await _until(lambda: model.running == 1)
-        keys = [5, 50, 6, 51, 7, 52, 8, 53]
         queued = [asyncio.create_task(batcher.submit({"n": k})) for k in keys]
-        await _queued(batcher, 8)
+        await _queued(batcher, len(keys))
         model.open()
-        assert await asyncio.gather(busy, *queued) == [30, *keys]
-    assert [call["n"] for call in model.calls] == [[30], [5, 6, 7, 8], [50, 51, 52, 53]]
+        assert await asyncio.gather(busy, *queued) == [first, *keys]
+    return [call["n"] for call in model.calls], batcher
+
+
+async def test_a_batch_key_groups_nearby_keys_when_more_wait_than_fit() -> None:
+    keys = [5, 50, 6, 51, 7, 52, 8, 53]
+    calls, batcher = await batches_behind_a_busy_model(keyed_entry(), 30, keys, 4)
+    assert calls == [[30], [5, 6, 7, 8], [50, 51, 52, 53]]
     stats = batcher.stats
     assert stats.keys_needed == 30 + 26 + 206
     assert stats.keys_computed == 30 + 4 * 8 + 4 * 53
@@ -356,29 +364,15 @@ async def test_a_batch_key_groups_nearby_keys_when_more_wait_than_fit() -> None:
 
 
 async def test_without_a_batch_key_batches_take_the_oldest_first() -> None:
-    model = GatedModel(lambda kwargs: kwargs["n"])
-    async with batching(list_entry(), model, max_batch_size=4) as batcher:
-        busy = asyncio.create_task(batcher.submit({"n": 30}))
-        await _until(lambda: model.running == 1)
-        keys = [5, 50, 6, 51, 7, 52, 8, 53]
-        queued = [asyncio.create_task(batcher.submit({"n": k})) for k in keys]
-        await _queued(batcher, 8)
-        model.open()
-        await asyncio.gather(busy, *queued)
-    assert [call["n"] for call in model.calls] == [[30], [5, 50, 6, 51], [7, 52, 8, 53]]
+    keys = [5, 50, 6, 51, 7, 52, 8, 53]
+    calls, batcher = await batches_behind_a_busy_model(list_entry(), 30, keys, 4)
+    assert calls == [[30], [5, 50, 6, 51], [7, 52, 8, 53]]
     assert batcher.stats.padding_waste == 0.0
 
 
 async def test_a_batch_key_never_splits_what_fits_in_one_batch() -> None:
-    model = GatedModel(lambda kwargs: kwargs["n"])
-    async with batching(keyed_entry(), model, max_batch_size=8) as batcher:
-        busy = asyncio.create_task(batcher.submit({"n": 1}))
-        await _until(lambda: model.running == 1)
-        queued = [asyncio.create_task(batcher.submit({"n": k})) for k in (90, 2, 80)]
-        await _queued(batcher, 3)
-        model.open()
-        await asyncio.gather(busy, *queued)
-    assert [call["n"] for call in model.calls] == [[1], [90, 2, 80]]
+    calls, _ = await batches_behind_a_busy_model(keyed_entry(), 1, [90, 2, 80], 8)
+    assert calls == [[1], [90, 2, 80]]
 
 
 def texts(t: list[str]) -> list[str]:

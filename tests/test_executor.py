@@ -9,6 +9,7 @@ gRPC and check the guarantee the inline mode must never trade away: a sync model
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import statistics
 import threading
 import time
@@ -266,6 +267,29 @@ async def test_inline_limit_zero_keeps_every_call_in_threads() -> None:
     finally:
         executor.shutdown()
     assert threading.get_ident() not in seen
+
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+async def test_calls_and_streams_in_threads_see_the_callers_context_variables() -> None:
+    """Middleware sets a trace or request id in the caller's context; a plain `def` model and
+    a sync generator in the pool see it as an inline call or an async model would."""
+    executor = Executor(max_threads=2, inline_limit_s=0)
+
+    def model() -> str:
+        return request_id.get()
+
+    def chunks() -> Iterator[str]:
+        yield request_id.get()
+        yield request_id.get()
+
+    try:
+        request_id.set("r-1")
+        assert await executor.invoker(model)({}) == "r-1"
+        assert [c async for c in executor.streamer(chunks)({})] == ["r-1", "r-1"]
+    finally:
+        executor.shutdown()
 
 
 # --- over gRPC ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from blazerpc import BlazeApp, Context, TensorInput, TensorOutput, ValidationError
-from blazerpc.server.middleware import TokenAuthMiddleware
+from blazerpc.server.middleware import Middleware, ResponseEvent, TokenAuthMiddleware
 
 from .protocol_servers import assert_documented_output, examples, http, run_example
 from .support import running
@@ -458,6 +458,27 @@ async def test_middleware_and_context_apply_to_json_rpc_calls() -> None:
         headers = {"Authorization": "Bearer s3cret", "X-User": "ann"}
         admitted = (await http(target, call("predict.whoami", {}), headers)).json()
         assert admitted["result"] == "predict.whoami ann"  # type: ignore[index]
+
+
+async def test_middleware_sees_refused_calls_with_their_grpc_status_not_internal() -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Recorder(Middleware):
+        async def on_response(self, event: ResponseEvent) -> None:
+            seen.append((event.method_name, event.status.name))
+
+    app = BlazeApp(middleware=[Recorder()])
+
+    @app.model("echo")
+    def echo(text: str) -> str:
+        return text
+
+    async with running(app, http=True) as server:
+        target = f"http://127.0.0.1:{server.http_port}/jsonrpc"
+        for method in ("predict.nobody", "nonsense", "stream.echo"):
+            reply = (await http(target, call(method, {}))).json()
+            assert "error" in reply
+    assert [status for _, status in seen] == ["NOT_FOUND", "NOT_FOUND", "INVALID_ARGUMENT"]
 
 
 @pytest.mark.parametrize("example", examples("jsonrpc-"), ids=lambda e: e.name)

@@ -236,6 +236,40 @@ async def test_raw_tensors_in_and_raw_out() -> None:
         np.testing.assert_array_equal(result.as_numpy("result"), halves * 2)
 
 
+async def test_large_raw_tensors_arrive_whole_with_every_other_field() -> None:
+    """Over 256 KiB, raw_input_contents are lifted out of the message as views of the received
+    bytes (protocols/wire_scan.py); the rest of the request must still arrive: its id, its
+    requested outputs, the model, and each tensor in input order."""
+    app = BlazeApp()
+
+    @app.model("weigh", version="2")
+    def weigh(
+        a: TensorInput[np.float32, "batch", 4], b: TensorInput[np.float32, "batch", 4]
+    ) -> TensorOutput[np.float32, "batch"]:
+        assert not a.flags.writeable and not b.flags.writeable
+        return (a * b).sum(axis=1)
+
+    rng = np.random.default_rng(7)
+    a, b = (rng.standard_normal((40_000, 4), np.float32) for _ in range(2))  # 640 KB each
+    async with (
+        running(app, http=True) as server,
+        triton.InferenceServerClient(f"127.0.0.1:{server.port}") as client,
+    ):
+        result = await client.infer(
+            "weigh",
+            [tensor("a", a, "FP32"), tensor("b", b, "FP32")],
+            model_version="2",
+            request_id="big-1",
+            outputs=[InferRequestedOutput("result")],
+        )
+        np.testing.assert_allclose(result.as_numpy("result"), (a * b).sum(axis=1), rtol=1e-6)
+        assert result.get_response().id == "big-1"
+        with pytest.raises(InferenceServerException) as info:
+            await client.infer("weigh", [tensor("a", a, "FP32"), tensor("b", b[:5], "FP32")])
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "'b'" in info.value.message()
+
+
 async def test_typed_contents_in_and_typed_contents_out() -> None:
     request = stock.ModelInferRequest(model_name="project", id="typed")
     features = request.inputs.add(name="features", datatype="FP32", shape=[2, 4])

@@ -7,7 +7,6 @@ numpy views of the received bytes, checked against the declared dtype and dims.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +16,7 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from .convert import WrongResult, converter, declared, dims_problem, result_array
+from .convert import WrongResult, converter, declared, dims_fit, dims_problem, result_array
 from .exceptions import ValidationError
 from .types import (
     _WIRE_NAME_OF,
@@ -68,24 +67,11 @@ def check_shape(shape: Sequence[int], spec: Tensor, path: str) -> tuple[int, ...
             f"field '{path}': expected non-negative dimensions, got shape {list(shape)}",
             field=path,
         )
-    if spec.dims is not None and not _dims_match(spec.dims)(shape):
+    if spec.dims is not None and not dims_fit(spec.dims)(shape):
         problem = dims_problem(shape, spec.dims)
         if problem is not None:
             raise ValidationError(f"field '{path}': {problem}", field=path)
     return shape
-
-
-@functools.cache
-def _dims_match(dims: tuple[int | str, ...]) -> Callable[[tuple[int, ...]], bool]:
-    """A fast yes for a shape that fits `dims`, built once per declaration: the rank, then the
-    fixed sizes compared in one C call (`dims_problem` words the answer when it is no)."""
-    rank = len(dims)
-    fixed = [(axis, size) for axis, size in enumerate(dims) if isinstance(size, int)]
-    if not fixed:
-        return lambda shape: len(shape) == rank
-    get = operator.itemgetter(*(axis for axis, _ in fixed))
-    sizes = fixed[0][1] if len(fixed) == 1 else tuple(size for _, size in fixed)
-    return lambda shape: len(shape) == rank and get(shape) == sizes
 
 
 def tensor_from_bytes(

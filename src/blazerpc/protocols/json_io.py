@@ -14,6 +14,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from ..exceptions import ValidationError
@@ -35,12 +36,27 @@ def check_size(request: web.Request, limit: int, what: str = "a JSON body") -> N
         )
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole body; aiohttp's own limit (the message size limit) answers 413 here too."""
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise BodyTooLarge(exc.text or "request body too large") from None
+async def read_body(request: web.Request) -> bytes | memoryview:
+    """The whole body, within aiohttp's limit (the message size limit; over it, 413).
+
+    With a Content-Length, chunks land in one buffer of that size as they arrive: aiohttp's
+    own read() grows a buffer and then copies all of it into bytes, in one step on the loop
+    (tens of milliseconds for a 60 MB body, while every other call waits)."""
+    size, limit = request.content_length, request.client_max_size
+    if size is None:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise BodyTooLarge(exc.text or "request body too large") from None
+    if limit and size > limit:
+        raise BodyTooLarge(f"the body of {size} bytes is over the limit of {limit} bytes")
+    # np.empty, unlike bytearray, leaves the pages untouched until each chunk is written
+    body = np.empty(size, np.uint8).data
+    filled = 0
+    while chunk := await request.content.readany():
+        body[filled : filled + len(chunk)] = chunk  # aiohttp holds the body to Content-Length
+        filled += len(chunk)
+    return body.toreadonly()
 
 
 async def read_json(request: web.Request, limit: int) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from ..exceptions import ModelNotFoundError, ValidationError
+from ..exceptions import ModelNotFoundError, RPCError, ValidationError
 from ..pipeline import CallerGone, Failure, ModelCall, Wire, admitted_lookup, fail
 from ..policy import CallPolicy
 from ..runtime.registry import served
@@ -36,12 +36,21 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 Params = dict[str, Any]
 
 
-class CallError(Exception):
-    """A JSON-RPC error found before the model runs."""
+# The gRPC status middleware sees for a call JSON-RPC refuses itself.
+_STATUS_OF_ERROR = {
+    INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    METHOD_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    INVALID_PARAMS: grpc.StatusCode.INVALID_ARGUMENT,
+}
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+
+class CallError(RPCError):
+    """A JSON-RPC error found before the model runs (`error_code`), which middleware sees as
+    its gRPC twin: NOT_FOUND for an unknown method, INVALID_ARGUMENT otherwise."""
+
+    def __init__(self, error_code: int, message: str) -> None:
+        super().__init__(_STATUS_OF_ERROR[error_code], message)
+        self.error_code = error_code
 
 
 def _error(code: int, message: str, status: grpc.StatusCode | None = None) -> dict[str, Any]:
@@ -64,7 +73,7 @@ def _failure(failure: Failure) -> dict[str, Any]:
 def _refusal(exc: Exception) -> dict[str, Any]:
     """The error object of a call refused before it reached a model."""
     if isinstance(exc, CallError):
-        return _error(exc.code, str(exc))
+        return _error(exc.error_code, str(exc))
     return _failure(fail(exc, "JSON-RPC call"))
 
 

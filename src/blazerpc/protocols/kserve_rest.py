@@ -87,7 +87,7 @@ def _header_length(request: web.Request, max_json_bytes: int) -> int | None:
     return size
 
 
-def _split_body(body: bytes, header_length: int | None) -> _Body:
+def _split_body(body: bytes | memoryview, header_length: int | None) -> _Body:
     """The JSON inference header, checked for structure, and the binary tensor data after it."""
     size = len(body) if header_length is None else header_length
     if not 0 <= size <= len(body):

@@ -20,7 +20,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -83,7 +82,21 @@ class BatchStats:
 
 
 class _Pending:
-    __slots__ = ("deadline", "enqueued", "future", "key", "kwargs", "length", "rows")
+    """One request inside the batcher: its arguments, rows, shape key and batch_key value."""
+
+    __slots__ = ("enqueued", "key", "kwargs", "length", "rows")
+
+    def __init__(
+        self, kwargs: dict[str, Any], rows: int, key: Any, length: float, enqueued: float
+    ) -> None:
+        self.kwargs, self.rows, self.key, self.length = kwargs, rows, key, length
+        self.enqueued = enqueued
+
+
+class _Queued(_Pending):
+    """A request that waits in the queue, for its future's result, until its deadline."""
+
+    __slots__ = ("deadline", "future")
 
     def __init__(
         self,
@@ -91,14 +104,13 @@ class _Pending:
         rows: int,
         key: Any,
         length: float,
+        enqueued: float,
         deadline: float | None,
         future: asyncio.Future[Any],
-        enqueued: float,
     ) -> None:
-        self.kwargs, self.rows, self.key, self.length = kwargs, rows, key, length
+        super().__init__(kwargs, rows, key, length, enqueued)
         self.deadline = deadline
         self.future = future
-        self.enqueued = enqueued
 
 
 def key_function(entry: ModelEntry) -> Callable[[dict[str, Any]], float] | None:
@@ -132,6 +144,9 @@ class TensorStacking:
 
     def prepare(self, kwargs: dict[str, Any]) -> tuple[int, Any]:
         """Rows in this request, and the key of requests it may share a batch with."""
+        if len(self.inputs) == 1:
+            shape = kwargs[self.inputs[0]].shape
+            return shape[0], shape[1:]
         arrays = [kwargs[name] for name in self.inputs]
         rows = arrays[0].shape[0]
         for name, arr in zip(self.inputs, arrays, strict=True):
@@ -157,6 +172,8 @@ class TensorStacking:
                 f"model '{self.name}' returned {got} for a batch of {rows} rows; "
                 "a batched tensor model must return one output row per input row"
             )
+        if len(batch) == 1:
+            return [result]
         out, start = [], 0
         for p in batch:
             out.append(result[start : start + p.rows])
@@ -229,7 +246,7 @@ class Batcher:
         self.stats = BatchStats()
         self._invoke = invoke
         self._length = key_function(entry)
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[_Queued] = deque()
         self._running = 0
         # Set when a batch finishes: how many requests the next batch expects, and until when
         # it waits for them. While expecting, arrivals join the queue instead of running alone.
@@ -269,10 +286,7 @@ class Batcher:
                 f"model '{self.name}' is overloaded: {len(self._queue)} requests queued "
                 f"(max_queue_size={self.settings.max_queue_size}); retry with backoff",
             )
-        loop = asyncio.get_running_loop()
         now = self._clock()
-        deadline = None if timeout is None else now + timeout
-        pending = _Pending(kwargs, rows, key, length, deadline, loop.create_future(), now)
         self.stats.requests += 1
         if (
             not self._queue
@@ -280,8 +294,14 @@ class Batcher:
             and not self._expecting(now)
         ):
             # Idle model: run at once in this task, no queue and no dispatcher hop.
-            await self._run([pending])
-            return pending.future.result()
+            self._running += 1
+            (result,) = await self._call([_Pending(kwargs, rows, key, length, now)])
+            if isinstance(result, Exception):
+                raise result
+            return result
+        deadline = None if timeout is None else now + timeout
+        future = asyncio.get_running_loop().create_future()
+        pending = _Queued(kwargs, rows, key, length, now, deadline, future)
         self._queue.append(pending)
         self._wakeup.set()
         if self.observer is not None:
@@ -299,12 +319,12 @@ class Batcher:
                 await self._wakeup.wait()
             batch = await self._collect()
             if batch:
-                self._running += 1  # _run gives it back
-                task = asyncio.get_running_loop().create_task(self._run(batch, counted=True))
+                self._running += 1  # _call gives it back
+                task = asyncio.get_running_loop().create_task(self._run(batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _collect(self) -> list[_Pending]:
+    async def _collect(self) -> list[_Queued]:
         """Wait, until the expected callers are back or batch_timeout has passed since the
         last batch finished, then take a batch."""
         want = self._want if self._expecting(self._clock()) else 1
@@ -321,10 +341,10 @@ class Batcher:
         self._want = 0
         return self._take()
 
-    def _live(self) -> deque[_Pending]:
+    def _live(self) -> deque[_Queued]:
         """The queue without requests whose caller gave up or whose deadline passed."""
         now = self._clock()
-        live: deque[_Pending] = deque()
+        live: deque[_Queued] = deque()
         for p in self._queue:
             if p.future.done():
                 self.stats.dropped += 1
@@ -340,7 +360,7 @@ class Batcher:
                 live.append(p)
         return live
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> list[_Queued]:
         """Up to max_batch_size rows of live requests of the oldest one's shape: oldest first,
         or, when a batch_key is declared and more wait than fit, nearest the oldest's key."""
         queue = self._live()
@@ -349,7 +369,7 @@ class Batcher:
         if self._length is not None and sum(p.rows for p in candidates) > limit:
             first = candidates[0].length
             candidates.sort(key=lambda p: abs(p.length - first))  # stable: oldest first on ties
-        batch: list[_Pending] = []
+        batch: list[_Queued] = []
         rows, key = 0, None
         for p in candidates:
             if batch and (p.key != key or rows + p.rows > limit):
@@ -364,40 +384,15 @@ class Batcher:
             self.observer.queued(len(self._queue))
         return batch
 
-    async def _run(self, batch: list[_Pending], counted: bool = False) -> None:
-        """One model call for the whole batch; every request gets its own result or error."""
-        if not counted:
-            self._running += 1
-        start = self._clock()
-        waits = [start - p.enqueued for p in batch]
-        self.stats.queue_seconds += sum(waits)
-        if self._length is not None:
-            longest = max(p.length for p in batch)
-            self.stats.keys_needed += sum(p.length * p.rows for p in batch)
-            self.stats.keys_computed += longest * sum(p.rows for p in batch)
-        finish, deferred = partial(self._finished, len(batch), start, waits), False
+    async def _run(self, batch: list[_Queued]) -> None:
+        """A batch the dispatcher took: each request's future gets its own result or error."""
         try:
-            call = self._invoke(self.plan.merge(batch))
-            if asyncio.isfuture(call):  # in a thread
-                try:
-                    output = await asyncio.shield(call)
-                except asyncio.CancelledError:
-                    # A thread cannot be stopped: the call keeps its slot (and counts against
-                    # max_concurrent_batches) until it really returns.
-                    call.add_done_callback(lambda _: finish())
-                    deferred = True
-                    raise
-            else:  # a coroutine, which cancelling its caller stops
-                output = await call
-            results = self.plan.split(output, batch)
+            results = await self._call(batch)
         except Exception as exc:
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
-        finally:
-            if not deferred:
-                finish()
         for p, result in zip(batch, results, strict=True):
             if p.future.done():
                 continue
@@ -405,6 +400,37 @@ class Batcher:
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
+
+    async def _call(self, batch: Sequence[_Pending]) -> list[Any]:
+        """One model call for the whole batch, in a slot already taken: a result (or an
+        Exception instance) per request, or the exception that fails them all."""
+        start = self._clock()
+        waits = [start - p.enqueued for p in batch]
+        self.stats.queue_seconds += sum(waits)
+        if self._length is not None:
+            longest = max(p.length for p in batch)
+            self.stats.keys_needed += sum(p.length * p.rows for p in batch)
+            self.stats.keys_computed += longest * sum(p.rows for p in batch)
+        deferred = False
+        try:
+            call = self._invoke(self.plan.merge(batch))
+            if not isinstance(call, asyncio.Future):  # a coroutine: cancelling its caller stops it
+                output = await call
+            elif call.done():  # a cheap `def` that ran inline
+                output = call.result()
+            else:  # in a thread
+                try:
+                    output = await asyncio.shield(call)
+                except asyncio.CancelledError:
+                    # A thread cannot be stopped: the call keeps its slot (and counts against
+                    # max_concurrent_batches) until it really returns.
+                    call.add_done_callback(lambda _: self._finished(len(batch), start, waits))
+                    deferred = True
+                    raise
+            return self.plan.split(output, batch)
+        finally:
+            if not deferred:
+                self._finished(len(batch), start, waits)
 
     def _finished(self, size: int, start: float, waits: list[float]) -> None:
         """Give back a batch's slot and account for it."""

@@ -18,6 +18,7 @@ machine that would otherwise send every cheap model back to threads.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import math
 import sys
@@ -166,7 +167,9 @@ class SyncCalls:
                 done.set_exception(exc)
             return done
         verdict: list[bool | None] = [None]
-        call = loop.run_in_executor(self._pool, self._timed, kwargs, verdict)
+        # In the caller's context, as inline: what middleware set (a trace, a request id) holds.
+        run = contextvars.copy_context().run
+        call = loop.run_in_executor(self._pool, run, self._timed, kwargs, verdict)
         call.add_done_callback(lambda _: self._judged(verdict[0]))
         return call
 
@@ -212,6 +215,10 @@ class SyncCalls:
         self._proof *= 2
 
 
+def _next_item(gen: Iterator[Any]) -> Any:
+    return next(gen, _EXHAUSTED)
+
+
 class Executor:
     """Turns a model function into an awaitable (or async-iterable) call with keyword arguments.
 
@@ -238,9 +245,10 @@ class Executor:
     async def _iterate_in_thread(self, gen: Iterator[Any]) -> AsyncGenerator[Any, None]:
         """Pull a sync generator one item per thread hop; on cancel, close it once it yields."""
         step: Future[Any] | None = None
+        run = contextvars.copy_context().run  # the caller's context, for every step
         try:
             while True:
-                step = self._pool.submit(next, gen, _EXHAUSTED)
+                step = self._pool.submit(run, _next_item, gen)
                 item = await asyncio.wrap_future(step)
                 step = None
                 if item is _EXHAUSTED:
