@@ -101,7 +101,7 @@ async def test_a_client_that_hangs_up_stops_generation_within_one_token(
     monkeypatch.setattr(example, "MODEL_DIR", tmp_path / "tiny-gpt2")
     forward = example.next_token
     started: list[float] = []
-    step_s = 0.05
+    step_s = 0.2  # long beside any scheduling delay of a loaded machine
 
     def slow_step(ids, cache, temperature):  # a model whose tokens take a visible time
         started.append(time.monotonic())
@@ -117,7 +117,7 @@ async def test_a_client_that_hangs_up_stops_generation_within_one_token(
             if len(received) == 3:
                 break
         hung_up = time.monotonic()
-        await asyncio.sleep(10 * step_s)
+        await asyncio.sleep(5 * step_s)
     assert len(received) == 3
     assert [t for t in started if t > hung_up + step_s] == []  # none began a step later
     assert len(started) <= len(received) + 2
