@@ -53,7 +53,9 @@ def test_blaze_serve_serves_a_converted_sklearn_model_with_no_code(iris) -> None
     path, model = iris
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
     port = free_port()
-    with blaze_serve("--port", str(port), app=str(path)) as proc:
+    # CUDA first, as on a GPU machine; this CPU build of ONNX Runtime skips it.
+    env = {"BLAZERPC_ONNX_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider"}
+    with blaze_serve("--port", str(port), app=str(path), env=env) as proc:
         wait_serving(port, proc, timeout=60)
 
         async def ask():
@@ -61,6 +63,7 @@ def test_blaze_serve_serves_a_converted_sklearn_model_with_no_code(iris) -> None
                 return await client.predict("iris-classifier", X=x)
 
         got = asyncio.run(ask())
+    assert "iris-classifier.onnx: ONNX Runtime on CPUExecutionProvider" in proc.stdout.read()
     assert got.label.tolist() == model.predict(x).tolist()  # type: ignore[attr-defined]
     np.testing.assert_allclose(got.probabilities, model.predict_proba(x), rtol=1e-4, atol=1e-5)  # type: ignore[attr-defined]
 
@@ -113,6 +116,13 @@ def test_outputs_can_be_chosen_and_unknown_ones_are_named(iris) -> None:
     assert app.batch_settings(entry) is not None  # one output left: batches
     with pytest.raises(ConfigurationError, match="no output named scores; its outputs are"):
         serve_onnx(BlazeApp(), iris[0], outputs=["scores"])
+
+
+def test_an_unknown_execution_provider_is_named(iris) -> None:
+    from blazerpc.contrib.onnx import serve_onnx
+
+    with pytest.raises(ConfigurationError, match="unknown execution provider CUDAProvider;"):
+        serve_onnx(BlazeApp(), iris[0], providers=["CUDAProvider"])
 
 
 def test_a_string_input_is_refused_with_its_name(tmp_path: Path) -> None:

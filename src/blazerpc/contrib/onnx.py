@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import re
 from dataclasses import make_dataclass
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 # CPUExecutionProvider). Worker processes inherit both.
 MODEL_ENV = "BLAZERPC_ONNX_MODEL"
 PROVIDERS_ENV = "BLAZERPC_ONNX_PROVIDERS"
+logger = logging.getLogger("blazerpc.onnx")
 # The name every dynamic leading dimension takes, so requests batch along it.
 BATCH = "batch"
 
@@ -163,10 +165,20 @@ def serve_onnx(
     """
     ort = require("onnxruntime", "onnx")
     path = Path(model_path)
+    unknown = [p for p in providers or () if p not in ort.get_all_providers()]
+    if unknown:
+        raise ConfigurationError(
+            f"{path.name}: unknown execution provider {', '.join(unknown)}; this onnxruntime "
+            f"has {', '.join(ort.get_available_providers())}"
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = thread_share()
     model = ONNXModel(path, providers, options)
     session = model.session
+    # A provider that exists but is not available here (CUDA on a CPU build) is skipped by
+    # ONNX Runtime, in order: say which one runs the model, once serving starts.
+    running_on = f"{path.name}: ONNX Runtime on {', '.join(session.get_providers())}"
+    app.on_startup(lambda: logger.info(running_on))
     graph_inputs = session.get_inputs()
     graph_outputs = [o for o in session.get_outputs() if outputs is None or o.name in outputs]
     missing = set(outputs or ()) - {o.name for o in graph_outputs}
