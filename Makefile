@@ -27,9 +27,9 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/python -m pytest -q
 
-# Real models (tests/models, marked `models`, which `make test` deselects).
+# Real models: the tests marked `models` (all of tests/models), which `make test` deselects.
 test-models: $(MODELS_STAMP)
-	$(BIN)/python -m pytest -q -m models tests/models
+	$(BIN)/python -m pytest -q -m models
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
