@@ -4,6 +4,7 @@ dtypes, one forward at a time, warm-up at start-up, and torch threads shared bet
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import warnings
@@ -128,6 +129,24 @@ async def test_a_cancelled_call_keeps_its_slot_until_its_forward_ends() -> None:
     await slow(x=np.zeros(4, np.float32))
     assert len(started) == 2
     assert started[1] - started[0] >= 0.19  # the second waited for the first's thread
+
+
+async def test_a_forward_that_fails_after_its_caller_left_is_not_logged_as_lost(caplog) -> None:
+    from blazerpc.contrib.torch import torch_model
+
+    @torch_model
+    def failing(x):  # type: ignore[no-untyped-def]
+        time.sleep(0.1)
+        raise RuntimeError("out of memory")
+
+    call = asyncio.ensure_future(failing(x=np.zeros(4, np.float32)))
+    await asyncio.sleep(0.02)
+    call.cancel()
+    await asyncio.sleep(0.3)  # the forward has failed by now, with nobody waiting
+    del call
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 async def test_warm_up_runs_the_model_before_the_server_admits_calls() -> None:
