@@ -148,3 +148,33 @@ def test_blaze_serve_names_a_missing_file(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "no ONNX model at" in out
+
+
+async def test_an_onnx_model_answers_tritons_kserve_client(torch_net) -> None:
+    import torch
+    import tritonclient.http as httpclient
+
+    from blazerpc.contrib.onnx import serve_onnx
+
+    path, net = torch_net
+    app = BlazeApp()
+    serve_onnx(app, path, name="net")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+    def infer(port: int) -> tuple[dict, np.ndarray]:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            features = httpclient.InferInput("input_1", [2, 4], "FP32")
+            features.set_data_from_numpy(x)
+            return client.get_model_metadata("net"), client.infer("net", [features]).as_numpy(
+                "result"
+            )
+        finally:
+            client.close()
+
+    async with running(app, http=True) as server:
+        metadata, got = await asyncio.to_thread(infer, server.http_port)
+    assert metadata["inputs"] == [{"name": "input_1", "datatype": "FP32", "shape": [-1, 4]}]
+    assert metadata["outputs"] == [{"name": "result", "datatype": "FP32", "shape": [-1, 3]}]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
