@@ -25,7 +25,7 @@ from typing import Any
 from .server import ServerTLS
 
 logger = logging.getLogger("blazerpc.supervisor")
-# The number of workers, in each worker's environment (blazerpc.contrib.torch reads it).
+# The number of workers, in each worker's environment (blazerpc.contrib.thread_share reads it).
 WORKERS_ENV = "BLAZERPC_WORKERS"
 
 
