@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS_STAMP := $(VENV)/.installed-models
 
-.PHONY: demo test test-models lint fuzz bench clean
+.PHONY: demo test test-models lint docs docs-serve plots fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,16 +24,29 @@ demo: $(STAMP)
 	$(BIN)/python examples/iris/demo.py
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks docs
 	$(BIN)/python -m pytest -q
 
-# Real models: the tests marked `models` (all of tests/models), which `make test` deselects.
+# What needs the frameworks (the [models] extra: torch, transformers, ONNX Runtime): every test
+# marked `models` (tests/models, and the doc pages and blocks marked
+# `<!-- docs-test: needs models -->`), which `make test` deselects (pytest counts them).
 test-models: $(MODELS_STAMP)
 	$(BIN)/python -m pytest -q -m models
 
+# The documentation site, strict: a broken link, anchor or nav entry fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# Charts for benchmarks/RESULTS.md and the site, from the JSON the benchmarks write.
+plots: $(STAMP)
+	$(BIN)/python benchmarks/plot.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests examples benchmarks docs
+	$(BIN)/ruff format --check src tests docs/hooks.py
 	$(BIN)/mypy
 
 # The fuzz suite's long pass (make test runs a short one).
@@ -55,4 +68,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/profile_call.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

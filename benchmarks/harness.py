@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import importlib
+import json
 import os
 import platform
 import re
@@ -35,6 +36,7 @@ WORK_DIR = BENCH_DIR / ".work"
 GEN_DIR = WORK_DIR / "gen"
 LOG_DIR = WORK_DIR / "logs"
 RESULTS_PATH = BENCH_DIR / "RESULTS.md"
+DATA_DIR = BENCH_DIR / "results"  # each section's rounds as JSON, for benchmarks/plot.py
 REFERENCE_VENV = WORK_DIR / "refvenv"
 REFERENCE_VERSION = "2.2.1"
 PYTRITON_VENV = WORK_DIR / "pytriton-venv"
@@ -430,6 +432,9 @@ def h2load_version() -> str:
 Samples = dict[str, dict[str, list[float]]]
 """server name -> metric key -> one value per round."""
 
+_recorded: Samples = {}
+"""Every round `alternate` measured in this run, written beside the section as data."""
+
 Measure = Callable[[RunningServer], Mapping[str, float]]
 
 
@@ -453,6 +458,8 @@ def alternate(
                     samples[server.spec.name].setdefault(key, []).append(value)
                 shown = ", ".join(f"{k}={v:,.2f}" for k, v in result.items())
                 print(f"round {round_no}/{rounds} {server.spec.name:<10} {shown}", file=sys.stderr)
+    for name, metrics in samples.items():
+        _recorded.setdefault(name, {}).update(metrics)
     return samples
 
 
@@ -587,11 +594,30 @@ side in alternating rounds, are the figures to compare.
 """
 
 
+def write_data(key: str, data: Mapping[str, object]) -> Path:
+    """`benchmarks/results/<key>.json`: a section's figures as data, with how they were made."""
+    DATA_DIR.mkdir(exist_ok=True)
+    path = DATA_DIR / f"{key}.json"
+    record = {
+        "section": key,
+        "command": command_line(),
+        "machine": machine(),
+        "run": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **data,
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
 def write_section(key: str, body: str, path: Path = RESULTS_PATH) -> None:
-    """Replace (or append) the section between this key's markers, keeping all others.
+    """Replace (or append) the section between this key's markers, keeping all others, and
+    write the rounds behind it as data (`write_data`).
 
     Under a lock, since another benchmark may be rewriting its own section at the same time.
     """
+    if _recorded:
+        write_data(key, {"samples": _recorded})
     start, end = f"<!-- section:{key} -->", f"<!-- /section:{key} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)

@@ -17,3 +17,10 @@ settings.load_profile("ci")
 @pytest.fixture
 def app() -> BlazeApp:
     return BlazeApp()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many of the docs' code blocks ran, so none is left out unseen (tests/test_docs.py)."""
+    from .doc_snippets import census
+
+    terminalreporter.write_line(census())

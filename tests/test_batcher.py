@@ -310,6 +310,30 @@ async def test_batches_grow_to_the_load_within_two_batches(
     assert sum(model.sizes) == clients * 6
 
 
+async def test_callers_of_a_slow_batch_are_awaited_for_a_fifth_of_its_time() -> None:
+    """A batch that took the model ten seconds: its caller coming back 100 ms later (well
+    past batch_timeout_ms) still joins the next batch instead of leaving it a remainder."""
+    clock = Clock()
+
+    def ten_seconds(kwargs: dict[str, Any]) -> Any:
+        clock.now += 10.0
+        return kwargs["n"]
+
+    model = GatedModel(ten_seconds)
+    async with batching(list_entry(), model, clock, batch_timeout_ms=10) as batcher:
+        first = asyncio.create_task(batcher.submit({"n": 0}))
+        await _until(lambda: model.running == 1)
+        queued = [asyncio.create_task(batcher.submit({"n": i})) for i in (1, 2, 3)]
+        await _queued(batcher, 3)
+        model.open()
+        assert await first == 0
+        await asyncio.sleep(0.05)  # the dispatcher is waiting for that caller by now
+        clock.now += 0.1  # who sends again, 100 ms after its batch ended
+        again = asyncio.create_task(batcher.submit({"n": 4}))
+        assert await asyncio.gather(*queued, again) == [1, 2, 3, 4]
+    assert [call["n"] for call in model.calls] == [[0], [1, 2, 3, 4]]
+
+
 async def test_batches_shrink_to_a_smaller_load_after_one_timeout() -> None:
     model = BusyModel()
     batcher = Batcher(list_entry(), model, BatchSettings(batch_timeout_ms=50), clock=time_clock())

@@ -74,8 +74,34 @@ class BlazeApp:
         float64: bool = False,
         lifespan: Lifespan | None = None,
     ) -> None:
-        """`float64=True`: Python `float` values travel as protobuf `double` (64-bit) instead
-        of `float` (32-bit, 2.2.1's wire contract and the default); see docs/migrating.md."""
+        """Settings for every model of the app; the batching ones can be overridden per model.
+
+        Args:
+            name: The app's name, shown in the start-up banner and used to name what
+                `blaze deploy` writes.
+            enable_batching: `False` runs every tensor model call by call.
+            max_batch_size: Most rows (tensor models) or requests (`batched=True`) per model
+                call.
+            batch_timeout_ms: Most wait, after a batch ends, for its callers to send again
+                (or a fifth of that batch's model time, if longer), so batches grow to the
+                load.
+            middleware: Run around every model call, on every protocol: `on_request` in list
+                order, `on_response` in reverse.
+            max_queue_size: Requests that may wait for a batch, or calls in flight for a model
+                that does not batch; beyond it, `RESOURCE_EXHAUSTED` at once.
+            max_message_mb: Largest request or response message, each way.
+            max_threads: Threads for plain `def` models (default `min(32, CPUs + 4)`).
+            inline_limit_us: Plain `def` models whose calls stay under this run inline on the
+                event loop; `0` keeps them in threads.
+            metrics_port: Serve Prometheus metrics on this port.
+            reflection: Serve gRPC reflection (it lists every model, without auth).
+            float64: Python `float` values travel as protobuf `double` (64-bit) instead of
+                `float` (32-bit, 2.2.1's wire contract and the default); see
+                docs/migrating.md.
+            lifespan: An async context manager factory taking the app: set-up before
+                serving, tear-down after the drain (around the `on_startup`/`on_shutdown`
+                hooks).
+        """
         self.name = name
         self.enable_batching = enable_batching
         self.max_batch_size = max_batch_size
@@ -112,16 +138,31 @@ class BlazeApp:
     ) -> Callable[[F], F]:
         """Register the decorated function as model `name`; the function is returned unchanged.
 
-        `batched=True` makes the function take a list per parameter and return a list (tensor
-        models with a named leading axis batch without it). The batching keywords override the
-        app's batching settings for this model. `batch_key` takes one request's values (by
-        parameter name) and returns a number, such as its token count: when more requests wait
-        than one batch holds, a batch takes requests of nearby keys, so little of it is
-        padding (`server.stats()` reports the padding waste).
+        Its annotations are the schema: each parameter a request field, the return annotation
+        the response's `result`. Mistakes raise `ConfigurationError` here, not on a request.
 
-        `openai=True` also serves a text model on the HTTP port's OpenAI-compatible endpoints
-        (`/v1/completions`, `/v1/chat/completions`); `chat_template` folds chat messages into
-        its prompt (default: `default_chat_template`).
+        Args:
+            name: The model's name; its RPC is `Predict` plus the name's words (split at `-`
+                and `_`) capitalised: `sentiment-v2` is `PredictSentimentV2`.
+            version: Several versions of one name are all served: each as
+                `Predict<Name>V<version>` (KServe `model_version`, JSON-RPC
+                `predict.<name>@<version>`), and the highest under the plain name too.
+            streaming: The function is a generator and each `yield` is one message (server
+                streaming; bidirectional when a parameter is a stream too).
+            batched: The function takes a list per parameter and returns a list, one entry
+                per request (tensor models with a named leading axis batch without it).
+            max_batch_size: Overrides the app's: most rows or requests per model call.
+            batch_timeout_ms: Overrides the app's: most extra wait to grow a batch.
+            max_queue_size: Overrides the app's: requests that may wait, or calls in flight.
+            max_concurrent_batches: Batches of this model that may run at once (default 1).
+            batch_key: Takes one request's values (by parameter name) and returns a number,
+                such as its token count: when more requests wait than one batch holds, a
+                batch takes requests of nearby keys, so little of it is padding
+                (`server.stats()` reports the padding waste).
+            openai: Also serve this text model on the HTTP port's OpenAI-compatible
+                endpoints (`/v1/completions`, `/v1/chat/completions`).
+            chat_template: Folds chat messages into the prompt (default:
+                `default_chat_template`); needs `openai=True`.
         """
         if chat_template is not None and not openai:
             raise ConfigurationError(f"model '{name}': chat_template needs openai=True")

@@ -3,8 +3,9 @@
 Dispatch is demand-driven. A request that finds the model idle runs at once, in the caller's
 own task. While the model is busy, requests queue. When a batch finishes, its callers are
 about to send again, so the batcher expects them back: the next batch waits (at most
-`batch_timeout_ms`) for what is queued plus the batch that just ended, and a request arriving
-meanwhile joins it rather than running alone. Under a steady load of N callers, batches so
+`batch_timeout_ms`, or a fifth of the finished batch's model time if longer) for what is
+queued plus the batch that just ended, and a request arriving meanwhile joins it rather than
+running alone. Under a steady load of N callers, batches so
 grow to N within two batches instead of freezing at whatever size came first.
 
 When more requests wait than one batch holds and the model declares a `batch_key` (a length,
@@ -29,6 +30,11 @@ from ..exceptions import InferenceError, RPCError, ValidationError
 from ..types import Tensor
 from .executor import Invoke
 from .registry import ModelEntry
+
+
+# How long the next batch waits for the callers of one that just ended, as a share of that
+# batch's time in the model, when that is longer than batch_timeout_ms.
+PATIENCE = 0.2
 
 
 @dataclass(frozen=True)
@@ -442,8 +448,11 @@ class Batcher:
         stats.model_seconds += finished - start
         if self.observer is not None:
             self.observer.batch(size, waits, finished - start)
-        # This batch's callers are about to send again: expect them beside those queued.
+        # This batch's callers are about to send again: expect them beside those queued, for
+        # batch_timeout, or a fifth of this batch's time if longer: a caller who just waited
+        # 300 ms for the model loses little waiting 60 ms more for a full batch, and callers
+        # on a busy machine take longer than 10 ms to send again.
         self._want = min(self.settings.max_batch_size, len(self._queue) + size)
-        self._expect_until = finished + self._timeout
+        self._expect_until = finished + max(self._timeout, PATIENCE * (finished - start))
         if self._queue:
             self._wakeup.set()

@@ -56,7 +56,22 @@ class ServerTLS:
 
 @dataclass(frozen=True)
 class Limits:
-    """Transport limits; the defaults suit inference behind a load balancer."""
+    """Transport limits; the defaults suit inference behind a load balancer.
+
+    `app.limits` holds them; change them with `dataclasses.replace` before serving.
+
+    Attributes:
+        max_message_bytes: Largest request or response message (`--max-message-mb`).
+        max_json_bytes: Largest JSON body on the HTTP port (HTTP 413 beyond it).
+        max_jsonrpc_batch: Most calls in one JSON-RPC batch.
+        max_concurrent_streams: Concurrent calls per HTTP/2 connection.
+        keepalive_time_s: Seconds between pings on an idle connection.
+        keepalive_timeout_s: Seconds a ping may go unanswered before the connection closes.
+        min_client_ping_interval_s: Most frequent client ping allowed while no call is active.
+        max_connection_age_s: End each connection after this many seconds (GOAWAY), so
+            clients reconnect and rebalance; off by default.
+        max_connection_age_grace_s: Seconds calls on an aged connection may take to finish.
+    """
 
     max_message_bytes: int = 64 * 1024 * 1024
     # JSON is parsed on the event loop: its own, smaller limit keeps one body from holding
