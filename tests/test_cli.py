@@ -387,6 +387,7 @@ SLOW_START_APP = textwrap.dedent(
 
     @app.on_startup
     async def load_weights() -> None:
+        logging.getLogger(__name__).info("the app's own INFO line")
         logging.getLogger("somelib").info("somelib chatter at INFO")
         logging.getLogger("somelib").warning("somelib warns")
         await asyncio.sleep(1.0)
@@ -414,6 +415,7 @@ def test_ready_line_after_start_up_and_library_info_left_alone(tmp_path: Path) -
     assert f"127.0.0.1:{port}" in ready[0] and "start-up took 1." in ready[0]
     assert output.index("somelib warns") < output.index(ready[0])
     assert "somelib chatter" not in output  # a library's INFO stays quiet
+    assert "INFO slow: the app's own INFO line" in output
 
 
 def test_banner_says_when_only_requests_of_one_length_share_a_batch() -> None:

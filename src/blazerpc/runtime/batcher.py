@@ -31,7 +31,6 @@ from ..types import Tensor
 from .executor import Invoke
 from .registry import ModelEntry
 
-
 # How long the next batch waits for the callers of one that just ended, as a share of that
 # batch's time in the model, when that is longer than batch_timeout_ms.
 PATIENCE = 0.2

@@ -56,10 +56,13 @@ def serve_process(config: ServeConfig, ready: Any = None) -> None:
     if multiprocessing.parent_process() is not None:
         _drain_when_orphaned()
 
-    # BlazeRPC's own lines at INFO; other libraries keep Python's default (WARNING), so their
-    # INFO chatter, and progress bars shown at INFO (sentence-transformers'), stay quiet.
+    # BlazeRPC's lines and the app's own package at INFO; other libraries keep Python's
+    # default (WARNING), so their INFO chatter, and progress bars shown at INFO
+    # (sentence-transformers'), stay quiet.
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("blazerpc").setLevel(logging.INFO)
+    app_package = config.app_path.partition(":")[0].partition(".")[0]
+    for name in ("blazerpc", app_package):
+        logging.getLogger(name).setLevel(logging.INFO)
     app = load_app(config.app_path, config.app_dir)
     if config.max_message_mb is not None:
         app.limits = replace(app.limits, max_message_bytes=int(config.max_message_mb * 2**20))
