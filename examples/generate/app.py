@@ -30,7 +30,6 @@ MODEL_DIR = Path(os.environ.get("GENERATE_MODEL_DIR", Path(tempfile.gettempdir()
 
 app = BlazeApp(name="generate")
 logger = logging.getLogger("examples.generate")
-logger.setLevel(logging.INFO)  # `blaze serve` shows WARNING and up for loggers not its own
 model: Any = None  # a GPT2LMHeadModel, once `load` has run
 
 
