@@ -132,6 +132,8 @@ def _shared_when(entry: ModelEntry) -> str:
 
 def _runs_where(entry: ModelEntry, app: BlazeApp) -> str:
     """Where calls run (runtime/executor.py); `server.modes()` says where they run now."""
+    if (runs := getattr(entry.func, "__blazerpc_runs__", None)) is not None:
+        return str(runs)  # a helper that runs the model its own way (contrib.torch)
     if inspect.iscoroutinefunction(entry.func) or inspect.isasyncgenfunction(entry.func):
         return "on the event loop"
     if entry.streaming or entry.client_streaming or app.inline_limit_us <= 0:

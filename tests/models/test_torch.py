@@ -167,6 +167,27 @@ async def test_warm_up_runs_the_model_before_the_server_admits_calls() -> None:
         assert (await client.predict("double", x=np.ones((1, 2), np.float32))).tolist() == [[2, 2]]
 
 
+def test_the_banner_says_where_a_torch_model_runs() -> None:
+    from blazerpc.cli import banner
+    from blazerpc.contrib.torch import torch_model
+
+    app = BlazeApp(enable_batching=False)
+
+    @app.model("one")
+    @torch_model
+    def one(x: TensorInput[np.float32, 4]) -> TensorOutput[np.float32, 4]:
+        return x
+
+    @app.model("two")
+    @torch_model(concurrency=2)
+    def two(x: TensorInput[np.float32, 4]) -> TensorOutput[np.float32, 4]:
+        return x
+
+    text = banner(app, "127.0.0.1", 50051)
+    assert "unary, in threads, one call at a time (torch_model)" in text
+    assert "unary, in threads, 2 calls at a time (torch_model)" in text
+
+
 def test_generators_are_refused_with_a_clear_message() -> None:
     from blazerpc.contrib.torch import torch_model
     from blazerpc.exceptions import ConfigurationError

@@ -172,6 +172,9 @@ def _one_at_a_time(
         done.add_done_callback(functools.partial(_ended, gate))
         return await asyncio.shield(done)
 
+    # For the `blaze serve` banner: awaited on the loop, but the forward runs in a thread.
+    at_once = "one call" if concurrency == 1 else f"{concurrency} calls"
+    run.__blazerpc_runs__ = f"in threads, {at_once} at a time (torch_model)"  # type: ignore[attr-defined]
     return run
 
 
