@@ -125,6 +125,29 @@ def test_an_unknown_execution_provider_is_named(iris) -> None:
         serve_onnx(BlazeApp(), iris[0], providers=["CUDAProvider"])
 
 
+def test_graph_names_become_field_names(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from blazerpc.contrib.onnx import serve_onnx
+
+    names = ["in", "0.features", "x", "x_"]
+    graph = helper.make_graph(
+        [helper.make_node("Sum", names, ["sum"])],
+        "names",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 2]) for n in names],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["n", 2])],
+    )
+    path = tmp_path / "names.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    app = BlazeApp()
+    serve_onnx(app, path)
+    fields = [p.name for p in app.registry.get("names").signature.params]
+    assert fields == ["in_", "x_0_features", "x", "x_2"]  # "x_" is "x" stripped, then taken
+    predict = app.registry.get("names").func
+    ones = np.ones((1, 2), np.float32)
+    assert predict(**dict.fromkeys(fields, ones)).tolist() == [[4.0, 4.0]]
+
+
 def test_a_string_input_is_refused_with_its_name(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import keyword
 import logging
 import os
 import re
@@ -105,10 +106,12 @@ class ONNXModel:
 
 def _identifier(name: str, taken: set[str]) -> str:
     """An ONNX name ("input.1", "float_input") as a field name: letters, digits and '_',
-    starting with a letter, and not one already given."""
+    starting with a letter, not a Python keyword, and not one already given."""
     field = re.sub(r"\W", "_", name).strip("_") or "x"
     if not field[0].isalpha():
         field = "x_" + field
+    if keyword.iskeyword(field):  # a keyword cannot be a parameter ("in", "from")
+        field += "_"
     base, n = field, 2
     while field in taken:
         field, n = f"{base}_{n}", n + 1
