@@ -57,7 +57,7 @@ def test_a_tensor_over_a_read_only_array_shares_its_memory_without_a_warning() -
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = asyncio.run(model(x=frozen))
+        out = model(x=frozen)
     assert pointers == [frozen.ctypes.data]  # no copy
     np.testing.assert_array_equal(out, frozen + 1)
     assert isinstance(out, np.ndarray)
@@ -76,16 +76,16 @@ def test_floating_inputs_take_the_dtype_and_ids_keep_theirs() -> None:
         return (x * 2, ids)
 
     x, ids = np.ones((2, 32), np.float32), np.arange(16, dtype=np.int64)
-    doubled, same_ids = asyncio.run(model(x, ids=ids))
+    doubled, same_ids = model(x, ids=ids)
     assert got == {"x": torch.bfloat16, "ids": torch.int64, "device": "cpu"}
     assert doubled.dtype == np.float32 and doubled.tolist() == (x * 2).tolist()  # bf16 -> f32
     assert same_ids.dtype == np.int64 and same_ids.tolist() == ids.tolist()
 
 
-async def test_a_plain_def_model_runs_one_forward_at_a_time_unless_told_otherwise() -> None:
+async def test_concurrency_caps_the_forwards_running_at_once() -> None:
     from blazerpc.contrib.torch import torch_model
 
-    def counting(concurrency: int) -> tuple[BlazeApp, list[int]]:
+    def counting(concurrency: int | None) -> tuple[BlazeApp, list[int]]:
         app = BlazeApp(enable_batching=False)
         running_now, peak = [0], [0]
         lock = threading.Lock()
@@ -103,13 +103,16 @@ async def test_a_plain_def_model_runs_one_forward_at_a_time_unless_told_otherwis
 
         return app, peak
 
-    for concurrency, expected in ((1, 1), (3, 3)):
+    peaks = {}
+    for concurrency in (None, 1, 3):
         app, peak = counting(concurrency)
         async with running(app) as server, BlazeClient("127.0.0.1", server.port) as client:
             x = np.zeros(4, np.float32)
             results = await asyncio.gather(*(client.predict("slow", x=x) for _ in range(6)))
         assert all(r.tolist() == [0, 0, 0, 0] for r in results)
-        assert peak[0] == expected
+        peaks[concurrency] = peak[0]
+    assert peaks[1] == 1 and peaks[3] == 3
+    assert peaks[None] > 3  # uncapped: as many as the server's thread pool runs
 
 
 async def test_a_cancelled_call_keeps_its_slot_until_its_forward_ends() -> None:
@@ -117,7 +120,7 @@ async def test_a_cancelled_call_keeps_its_slot_until_its_forward_ends() -> None:
 
     started: list[float] = []
 
-    @torch_model
+    @torch_model(concurrency=1)
     def slow(x):  # type: ignore[no-untyped-def]
         started.append(time.monotonic())
         time.sleep(0.2)
@@ -134,7 +137,7 @@ async def test_a_cancelled_call_keeps_its_slot_until_its_forward_ends() -> None:
 async def test_a_forward_that_fails_after_its_caller_left_is_not_logged_as_lost(caplog) -> None:
     from blazerpc.contrib.torch import torch_model
 
-    @torch_model
+    @torch_model(concurrency=1)
     def failing(x):  # type: ignore[no-untyped-def]
         time.sleep(0.1)
         raise RuntimeError("out of memory")
@@ -174,7 +177,7 @@ def test_the_banner_says_where_a_torch_model_runs() -> None:
     app = BlazeApp(enable_batching=False)
 
     @app.model("one")
-    @torch_model
+    @torch_model(concurrency=1)
     def one(x: TensorInput[np.float32, 4]) -> TensorOutput[np.float32, 4]:
         return x
 
@@ -183,7 +186,13 @@ def test_the_banner_says_where_a_torch_model_runs() -> None:
     def two(x: TensorInput[np.float32, 4]) -> TensorOutput[np.float32, 4]:
         return x
 
+    @app.model("free")
+    @torch_model
+    def free(x: TensorInput[np.float32, 4]) -> TensorOutput[np.float32, 4]:
+        return x
+
     text = banner(app, "127.0.0.1", 50051)
+    assert "unary, in threads, inline on the loop while calls take" in text  # as a plain def
     assert "unary, in threads, one call at a time (torch_model)" in text
     assert "unary, in threads, 2 calls at a time (torch_model)" in text
 

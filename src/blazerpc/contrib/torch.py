@@ -1,7 +1,7 @@
 """Serving PyTorch models: `@torch_model` hands a model torch tensors and returns numpy arrays,
-runs it under `torch.inference_mode()` one forward at a time per worker, and divides the
-machine's cores between `blaze serve --workers`; `warm_up` runs it once at start-up.
-Needs `pip install 'blazerpc[pytorch]'`.
+runs it under `torch.inference_mode()`, optionally caps how many forwards run at once, and
+divides the machine's cores between `blaze serve --workers`; `warm_up` runs it once at
+start-up. Needs `pip install 'blazerpc[pytorch]'`.
 
 Request tensors are decoded without a copy, as read-only views of the request's bytes, and
 `@torch_model` hands them to the model without a copy too. Torch has no read-only tensors, so
@@ -102,23 +102,22 @@ def torch_model(
     *,
     device: str = "cpu",
     dtype: Any = None,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     threads: int | None = None,
 ) -> Any:
     """Decorate a model (under `@app.model`) so numpy arguments arrive as torch tensors on
     `device` (floating-point ones as `dtype` if given) and torch results leave as numpy.
 
-    A plain `def` model runs under `torch.inference_mode()` in a thread, at most
-    `concurrency` calls at once in this worker: one forward already uses every torch thread,
-    so more at once only split the cores and add latency (batch with `batched=True` or a
-    "batch" axis to serve many requests per forward). Waiting calls wait on the event loop,
-    holding no thread. `threads` sets torch's threads for the process (default: this
-    process's cores divided between `--workers`). An `async def` model is only converted: it
-    runs on the event loop, where it should await, not compute.
+    A plain `def` model runs under `torch.inference_mode()`, in the server's thread pool like
+    any plain `def` model. `concurrency=N` caps the calls running at once in this worker
+    (calls beyond it wait on the event loop, holding no thread), e.g. to bound a GPU's memory.
+    `threads` sets torch's threads for the process (default: this process's cores divided
+    between `--workers`). An `async def` model is only converted: it runs on the event loop,
+    where it should await, not compute.
 
-    `@torch_model` or `@torch_model(device="cuda", dtype=torch.float16)`.
+    `@torch_model` or `@torch_model(device="cuda", dtype=torch.float16, concurrency=1)`.
     """
-    if concurrency < 1:
+    if concurrency is not None and concurrency < 1:
         raise ConfigurationError(f"torch_model: concurrency must be at least 1, got {concurrency}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -133,22 +132,41 @@ def torch_model(
             return converting(
                 fn, lambda a: _shared(a, to_device, dtype), torch.Tensor, torch_to_numpy
             )
-        return _one_at_a_time(fn, torch, to_device, dtype, concurrency)
+        forward = _forward(fn, torch, to_device, dtype)
+        if concurrency is None:
+
+            @functools.wraps(fn)
+            def run(*args: Any, **kwargs: Any) -> Any:
+                return forward(args, kwargs)
+
+            return run
+        return _gated(fn, forward, concurrency)
 
     return decorate(func) if func is not None else decorate
 
 
-def _one_at_a_time(
-    fn: Callable[..., Any], torch: Any, device: Any, dtype: Any, concurrency: int
-) -> Callable[..., Awaitable[Any]]:
-    def forward(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        def convert(value: Any) -> Any:
-            return _shared(value, device, dtype) if isinstance(value, np.ndarray) else value
+def _forward(
+    fn: Callable[..., Any], torch: Any, device: Any, dtype: Any
+) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+    """`fn` on converted arguments, in inference mode, its tensors returned as numpy."""
 
+    def convert(value: Any) -> Any:
+        return _shared(value, device, dtype) if isinstance(value, np.ndarray) else value
+
+    def forward(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         with torch.inference_mode():
             result = fn(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
             return _to_numpy(torch, result)
 
+    return forward
+
+
+def _gated(
+    fn: Callable[..., Any],
+    forward: Callable[[tuple[Any, ...], dict[str, Any]], Any],
+    concurrency: int,
+) -> Callable[..., Awaitable[Any]]:
+    """`forward` in a thread, at most `concurrency` at once; the others wait on the loop."""
     # One gate per event loop: an asyncio.Semaphore belongs to the loop that first awaits it.
     gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
         weakref.WeakKeyDictionary()
