@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MODELS_STAMP := $(VENV)/.installed-models
 
 .PHONY: demo test test-models lint docs docs-serve plots fuzz bench clean
 
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The [models] extra (torch 2.13.0's CPU wheel, transformers, ONNX Runtime) on top of [dev].
+$(MODELS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,models]'
+	touch $(MODELS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python examples/iris/demo.py
 
@@ -21,10 +27,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks docs
 	$(BIN)/python -m pytest -q
 
-# What needs the frameworks (torch, ONNX Runtime): the doc pages and blocks marked
-# `<!-- docs-test: needs models -->`, which `make test` deselects (pytest counts them).
-test-models: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,pytorch,onnx]'
+# What needs the frameworks (the [models] extra: torch, transformers, ONNX Runtime): every test
+# marked `models` (tests/models, and the doc pages and blocks marked
+# `<!-- docs-test: needs models -->`), which `make test` deselects (pytest counts them).
+test-models: $(MODELS_STAMP)
 	$(BIN)/python -m pytest -q -m models
 
 # The documentation site, strict: a broken link, anchor or nav entry fails the build.

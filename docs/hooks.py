@@ -30,6 +30,9 @@ PAGES = {
     "benchmarks/RESULTS.md": "benchmarks.md",
     "examples/streaming/README.md": "examples/streaming.md",
     "examples/transcribe/README.md": "examples/transcribe.md",
+    "examples/embeddings/README.md": "examples/embeddings.md",
+    "examples/onnx/README.md": "examples/onnx.md",
+    "examples/generate/README.md": "examples/generate.md",
 }
 CHARTS = "benchmarks/charts"
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")

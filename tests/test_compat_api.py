@@ -365,7 +365,7 @@ def test_contrib_imports_without_its_framework_and_names_the_extra(
         use()  # type: ignore[operator]
 
 
-@pytest.mark.skipif(not installed("torch"), reason="torch (the [pytorch] extra) is not installed")
+@pytest.mark.models  # needs torch: make test-models runs it
 async def test_torch_model_hands_torch_tensors_and_returns_numpy() -> None:
     import torch
 

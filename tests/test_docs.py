@@ -32,6 +32,7 @@ NOT_RUN = {
     "docs/getting-started/install.md": 2,  # pip install from a checkout, from a wheel
     "docs/how-to/other-languages.md": 2,  # Go, Java
     "docs/kubernetes.md": 4,  # docker and kubectl, cluster DNS, prometheus-adapter YAML
+    "docs/models.md": 2,  # pip install, a model.onnx of your own
     "docs/performance.md": 2,  # a diagram, a banner excerpt
     "docs/protocols.md": 1,  # pip install
     "docs/streaming.md": 2,  # ConfigurationError messages, lines of tests/test_stream_input.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +31,9 @@ cli = typer.Typer(
 )
 cli.add_typer(deploy, name="deploy")
 
-AppPath = Annotated[str, typer.Argument(help="The app to load, as MODULE:ATTR, e.g. main:app")]
+AppPath = Annotated[
+    str, typer.Argument(help="The app to load, as MODULE:ATTR (e.g. main:app), or an .onnx file")
+]
 AppDir = Annotated[
     Path, typer.Option(help="Directory to import the app from (the current one is always used)")
 ]
@@ -42,6 +45,23 @@ class Transport(str, enum.Enum):
     grpc = "grpc"
     jsonrpc = "jsonrpc"
     both = "both"
+
+
+def _app_target(app_path: str, app_dir: Path) -> str:
+    """The app to load: `model.onnx` is served by blazerpc.contrib.onnx, which finds the file's
+    path in the environment (so worker processes do too). Loaded here first, so a bad file is
+    one clear line."""
+    if not app_path.endswith(".onnx"):
+        return app_path
+    from .contrib.onnx import MODEL_ENV, onnx_app
+
+    path = (app_dir / app_path).resolve()
+    try:
+        onnx_app(path)
+    except ConfigurationError as exc:
+        raise usage_error(str(exc)) from None
+    os.environ[MODEL_ENV] = str(path)
+    return "blazerpc.contrib.onnx:app"
 
 
 def _set(**flags: float | None) -> dict[str, float]:
@@ -112,6 +132,8 @@ def _shared_when(entry: ModelEntry) -> str:
 
 def _runs_where(entry: ModelEntry, app: BlazeApp) -> str:
     """Where calls run (runtime/executor.py); `server.modes()` says where they run now."""
+    if (runs := getattr(entry.func, "__blazerpc_runs__", None)) is not None:
+        return str(runs)  # a helper that runs the model its own way (contrib.torch)
     if inspect.iscoroutinefunction(entry.func) or inspect.isasyncgenfunction(entry.func):
         return "on the event loop"
     if entry.streaming or entry.client_streaming or app.inline_limit_us <= 0:
@@ -175,6 +197,7 @@ def serve(
     ] = Loop.auto,
 ) -> None:
     """Serve the app's models over gRPC until SIGINT or SIGTERM."""
+    app_path = _app_target(app_path, app_dir)
     if reload and workers > 1:
         raise usage_error("--reload and --workers cannot be combined")
     if max_connection_age_grace is not None and max_connection_age is None:
@@ -242,7 +265,7 @@ def proto(
     app_dir: AppDir = Path("."),
 ) -> None:
     """Write the app's schema as a .proto file that protoc compiles."""
-    app = load_app(app_path, app_dir)
+    app = load_app(_app_target(app_path, app_dir), app_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / FILE_NAME
     path.write_text(app.proto())

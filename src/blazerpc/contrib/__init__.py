@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import ConfigurationError
+from ..server.workers import WORKERS_ENV
 
 
 class MissingExtra(ConfigurationError, ImportError):
@@ -61,3 +63,19 @@ def converting(
         return output(fn(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()}))
 
     return run
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask, as in a container), not the
+    machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_share() -> int:
+    """A framework's threads per worker: this process's cores divided between the workers that
+    `blaze serve --workers N` started (one worker when run otherwise), at least one."""
+    workers = max(1, int(os.environ.get(WORKERS_ENV, "1")))
+    return max(1, cpu_count() // workers)

@@ -25,6 +25,8 @@ from typing import Any
 from .server import ServerTLS
 
 logger = logging.getLogger("blazerpc.supervisor")
+# The number of workers, in each worker's environment (blazerpc.contrib.thread_share reads it).
+WORKERS_ENV = "BLAZERPC_WORKERS"
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ def supervise(config: ServeConfig, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Workers inherit it: how many share the machine, e.g. to divide torch's threads.
+    os.environ[WORKERS_ENV] = str(workers)
     procs = [_spawn(ctx, config) for _ in range(workers)]
     status = 0
     while not stopping:

