@@ -36,7 +36,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .support import free_port, listening
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = Path(__file__).resolve().parent / "docs_kernel.py"
@@ -206,12 +207,6 @@ def problems(page: Path) -> list[str]:
 # --------------------------------------------------------------------------- running
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def matches(expected: str, got: str) -> bool:
     """`got` is `expected`, where `...` in `expected` stands for any text (trailing spaces and
     blank lines at either end ignored)."""
@@ -255,7 +250,7 @@ class PageRun:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.ports = {port: str(_free_port()) for port in DOCUMENTED_PORTS}
+        self.ports = {port: str(free_port()) for port in DOCUMENTED_PORTS}
         self.kernel: subprocess.Popen[str] | None = None
         self.servers: list[tuple[subprocess.Popen[bytes], list[bytes]]] = []
         bin_dir = str(Path(sys.executable).parent)
@@ -349,7 +344,7 @@ class PageRun:
         while time.monotonic() < deadline:
             got = b"".join(output).decode()
             banner_ok = not expected.strip() or matches(expected, got)
-            if banner_ok and all(_listening(int(p)) for p in ports):
+            if banner_ok and all(listening(int(p)) for p in ports):
                 return
             if proc.poll() is not None:
                 break
@@ -416,14 +411,6 @@ class PageRun:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 def runnable(block: Block, with_models: bool) -> bool:

@@ -19,6 +19,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 def path(rpc: str) -> str:
     """The method path of a model's RPC, e.g. `path("Echo")`."""
     return f"/{SERVICE}/Predict{rpc}"

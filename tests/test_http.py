@@ -28,7 +28,7 @@ from .protocol_servers import (
     http,
     run_example,
 )
-from .support import free_port, running
+from .support import free_port, listening, running
 
 F32 = np.array([[1, 2, 3, 4], [0, 0, 0, 1]], np.float32)
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3)
@@ -462,15 +462,7 @@ async def test_blaze_serve_http_port() -> None:
         assert exits_within(proc, 15) == 0
         banner = proc.stdout.read() if proc.stdout else ""
     assert f"HTTP on 127.0.0.1:{http_port}" in banner
-    wait_until(lambda: not _listening(http_port), timeout=5)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
+    wait_until(lambda: not listening(http_port), timeout=5)
 
 
 def test_docs_app_is_the_tested_app_and_every_example_is_run() -> None:
