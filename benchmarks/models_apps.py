@@ -7,12 +7,16 @@ than one batch holds, a batch takes sentences of nearby lengths and pads little.
 code is `embedder.py`, the same for every server of `bench_models.py`.
 """
 
+import os
+
 import numpy as np
 from embedder import DIM, Embedder
 
 from blazerpc import BlazeApp, TensorOutput
 
-app = BlazeApp(name="bench-models")
+# 32 like the peers; bench_models' `blazerpc-b16` serves it with 16, below its 64 callers, so
+# that the batch_key has sentences to choose from.
+app = BlazeApp(name="bench-models", max_batch_size=int(os.environ.get("BENCH_MAX_BATCH", 32)))
 
 
 @app.on_startup
