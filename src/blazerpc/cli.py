@@ -16,6 +16,7 @@ from .deploy.cli import deploy
 from .exceptions import ConfigurationError
 from .launch import Loop, load_app, resolve_loop, usage_error
 from .launch import run as run  # re-exported: `blazerpc.cli.run` predates launch.py
+from .runtime.executor import RUNS_ATTRIBUTE
 from .runtime.registry import ModelEntry
 from .schema import FILE_NAME
 from .server.server import ServerTLS
@@ -132,7 +133,7 @@ def _shared_when(entry: ModelEntry) -> str:
 
 def _runs_where(entry: ModelEntry, app: BlazeApp) -> str:
     """Where calls run (runtime/executor.py); `server.modes()` says where they run now."""
-    if (runs := getattr(entry.func, "__blazerpc_runs__", None)) is not None:
+    if (runs := getattr(entry.func, RUNS_ATTRIBUTE, None)) is not None:
         return str(runs)  # a helper that runs the model its own way (contrib.torch)
     if inspect.iscoroutinefunction(entry.func) or inspect.isasyncgenfunction(entry.func):
         return "on the event loop"

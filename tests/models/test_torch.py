@@ -197,6 +197,23 @@ def test_the_banner_says_where_a_torch_model_runs() -> None:
     assert "unary, in threads, 2 calls at a time (torch_model)" in text
 
 
+async def test_server_modes_say_a_capped_model_runs_in_threads() -> None:
+    from blazerpc.contrib.torch import torch_model
+
+    app = BlazeApp(enable_batching=False)
+
+    @app.model("capped")
+    @torch_model(concurrency=1)
+    def capped(x: TensorInput[np.float32, 4]) -> TensorOutput[np.float32, 4]:
+        return x
+
+    server = await app.start("127.0.0.1", 0)
+    try:
+        assert server.modes() == {"capped": "threads"}  # awaited on the loop, run in a thread
+    finally:
+        await server.stop(0)
+
+
 def test_generators_are_refused_with_a_clear_message() -> None:
     from blazerpc.contrib.torch import torch_model
     from blazerpc.exceptions import ConfigurationError

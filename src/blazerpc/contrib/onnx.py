@@ -220,7 +220,8 @@ def serve_onnx(
             values = run(output_names, {i.name: inputs[f] for f, i in feeds})
             return result(*values)
 
-    predict.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    # inspect.signature reads `__signature__`; a function's __dict__ holds it as an attribute.
+    predict.__dict__["__signature__"] = inspect.Signature(
         [inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY) for f in fields]
     )
     predict.__annotations__ = annotations

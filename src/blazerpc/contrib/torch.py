@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import ConfigurationError
+from ..runtime.executor import RUNS_ATTRIBUTE
 from . import converting, require, thread_share
 
 # Arrays this small are copied: a copy costs nothing at this size, and CPython shares the
@@ -192,7 +193,7 @@ def _gated(
 
     # For the `blaze serve` banner: awaited on the loop, but the forward runs in a thread.
     at_once = "one call" if concurrency == 1 else f"{concurrency} calls"
-    run.__blazerpc_runs__ = f"in threads, {at_once} at a time (torch_model)"  # type: ignore[attr-defined]
+    run.__dict__[RUNS_ATTRIBUTE] = f"in threads, {at_once} at a time (torch_model)"
     return run
 
 

@@ -215,6 +215,11 @@ class SyncCalls:
         self._proof *= 2
 
 
+# A model function may carry this attribute: where its calls really run, in words, when that
+# is not what its kind says (contrib.torch's capped models: async def, forward in a thread).
+RUNS_ATTRIBUTE = "__blazerpc_runs__"
+
+
 def _next_item(gen: Iterator[Any]) -> Any:
     return next(gen, _EXHAUSTED)
 

@@ -14,7 +14,7 @@ from grpc import StatusCode
 
 from ..exceptions import RPCError
 from .batcher import Batcher, BatchObserver, BatchSettings
-from .executor import Executor, Invoke, SyncCalls
+from .executor import RUNS_ATTRIBUTE, Executor, Invoke, SyncCalls
 from .registry import ModelEntry
 
 Predict = Callable[[dict[str, Any], "float | None"], Awaitable[Any]]
@@ -86,10 +86,13 @@ class ModelRunner:
     @property
     def mode(self) -> str:
         """Where the model's calls run now: 'loop' (async), 'inline' (a plain `def` measured
-        cheap, on the loop) or 'threads' (a plain `def` or sync generator, in the pool)."""
+        cheap, on the loop) or 'threads' (a plain `def` or sync generator in the pool, or an
+        async wrapper that runs the model in a thread, as contrib.torch's capped models)."""
         if self.sync_calls is not None:
             return self.sync_calls.mode
         if self.entry.streaming and not inspect.isasyncgenfunction(self.entry.func):
+            return "threads"
+        if hasattr(self.entry.func, RUNS_ATTRIBUTE):  # awaited on the loop, run in a thread
             return "threads"
         return "loop"
 
