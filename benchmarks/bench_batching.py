@@ -103,20 +103,6 @@ def reference_server() -> ServerSpec:
     )
 
 
-def handwritten_server(gen_dir: Path) -> ServerSpec:
-    script = harness.BENCH_DIR / "handwritten_batching.py"
-    return ServerSpec(
-        name="grpcio",
-        description="hand-written grpcio asyncio servicer, unbatched (benchmarks/"
-        "handwritten_batching.py)",
-        command=lambda port: [
-            sys.executable,
-            str(script),
-            *("--host", harness.HOST, "--port", str(port), "--gen-dir", str(gen_dir)),
-        ],
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
@@ -144,7 +130,9 @@ def main() -> None:
     factories = {
         "batched": lambda: blazerpc_server(True),
         "unbatched": lambda: blazerpc_server(False),
-        "grpcio": lambda: handwritten_server(gen_dir),
+        "grpcio": lambda: harness.handwritten_server(
+            "handwritten_batching.py", ", unbatched", gen_dir
+        ),
         "reference": reference_server,
     }
     names = [n.strip() for n in args.servers.split(",") if n.strip()]

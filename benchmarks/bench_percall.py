@@ -132,21 +132,6 @@ def blazerpc_server(name: str, loop: str, inline: bool = True) -> ServerSpec:
     )
 
 
-def handwritten_server(gen_dir: Path) -> ServerSpec:
-    script = harness.BENCH_DIR / "handwritten_percall.py"
-    return ServerSpec(
-        name="grpcio",
-        description="hand-written grpcio asyncio servicer, models called in its `async def` "
-        "methods, asyncio loop (benchmarks/handwritten_percall.py)",
-        command=lambda port: [
-            sys.executable,
-            str(script),
-            *("--host", harness.HOST, "--port", str(port), "--gen-dir", str(gen_dir)),
-            *("--loop", "asyncio"),
-        ],
-    )
-
-
 def pytriton_server() -> ServerSpec:
     python = harness.ensure_pytriton_venv()
     script = harness.BENCH_DIR / "pytriton_server.py"
@@ -193,7 +178,12 @@ def main() -> None:
         "blazerpc": lambda: blazerpc_server("blazerpc", "asyncio"),
         "blazerpc-uvloop": lambda: blazerpc_server("blazerpc-uvloop", "uvloop"),
         "blazerpc-threads": lambda: blazerpc_server("blazerpc-threads", "asyncio", inline=False),
-        "grpcio": lambda: handwritten_server(gen_dir),
+        "grpcio": lambda: harness.handwritten_server(
+            "handwritten_percall.py",
+            ", models called in its `async def` methods, asyncio loop",
+            gen_dir,
+            ("--loop", "asyncio"),
+        ),
         "pytriton": pytriton_server,
     }
     names = [n.strip() for n in args.servers.split(",") if n.strip()]

@@ -50,19 +50,6 @@ def blazerpc_server(http_port: int) -> ServerSpec:
     )
 
 
-def handwritten_server(gen_dir: Path) -> ServerSpec:
-    script = harness.BENCH_DIR / "handwritten_streams.py"
-    return ServerSpec(
-        name="grpcio",
-        description="hand-written grpcio asyncio servicer (benchmarks/handwritten_streams.py)",
-        command=lambda port: [
-            sys.executable,
-            str(script),
-            *("--host", harness.HOST, "--port", str(port), "--gen-dir", str(gen_dir)),
-        ],
-    )
-
-
 def until(duration: float, run: Callable[[], tuple[int, float, list[float]]]) -> tuple[int, ...]:
     """Repeat whole h2load runs until `duration` seconds of load; (units, wall, latencies)."""
     units, wall, latencies = 0, 0.0, []
@@ -120,7 +107,11 @@ def main() -> None:
         json.dumps({"model": "tokens", "prompt": "x", "max_tokens": args.tokens, "stream": True})
     )
     http_port = harness.free_port()
-    specs = [blazerpc_server(http_port), handwritten_server(harness.compile_proto("streams.proto"))]
+    streams = harness.compile_proto("streams.proto")
+    specs = [
+        blazerpc_server(http_port),
+        harness.handwritten_server("handwritten_streams.py", "", streams),
+    ]
     sse_body_bytes = 0
 
     def check(server: RunningServer) -> None:

@@ -78,22 +78,25 @@ def blazerpc_server() -> ServerSpec:
     )
 
 
-def handwritten_server() -> ServerSpec:
-    """The hand-written grpcio servicer of the same contract (benchmarks/handwritten.py)."""
-    gen_dir = compile_proto()
-    script = BENCH_DIR / "handwritten.py"
+def handwritten_server(
+    script: str = "handwritten.py",
+    how: str = "",
+    gen_dir: Path | None = None,
+    args: Sequence[str] = (),
+) -> ServerSpec:
+    """A hand-written grpcio asyncio servicer of the same contract (`script`, on the stubs in
+    `gen_dir`, bench.proto's by default); `how` says what sets it apart, `args` are flags of
+    its own."""
+    gen_dir = gen_dir or compile_proto()
+    path = BENCH_DIR / script
     return ServerSpec(
         name="grpcio",
-        description="hand-written grpcio asyncio servicer (benchmarks/handwritten.py)",
+        description=f"hand-written grpcio asyncio servicer{how} (benchmarks/{script})",
         command=lambda port: [
             sys.executable,
-            str(script),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--gen-dir",
-            str(gen_dir),
+            str(path),
+            *("--host", HOST, "--port", str(port), "--gen-dir", str(gen_dir)),
+            *args,
         ],
     )
 
