@@ -7,6 +7,10 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import grpc
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
 from blazerpc import BlazeApp, BlazeClient, Server
 
 SERVICE = "blazerpc.InferenceService"
@@ -54,3 +58,20 @@ async def client_for(app: BlazeApp, *, registry: bool = False) -> AsyncIterator[
         ) as client,
     ):
         yield client
+
+
+async def reflected_methods(
+    channel: grpc.aio.Channel, symbol: str
+) -> dict[str, descriptor_pb2.MethodDescriptorProto]:
+    """The methods, by name, of the files server reflection returns for `symbol`."""
+    call = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)]))
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        async for r in call
+        for raw in r.file_descriptor_response.file_descriptor_proto
+    ]
+    return {m.name: m for f in files for s in f.service for m in s.method}

@@ -24,8 +24,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton
-from google.protobuf import descriptor_pb2
-from grpc_reflection.v1alpha import reflection_pb2
 from tritonclient.grpc import InferenceServerException, InferInput
 
 from blazerpc import (
@@ -43,7 +41,7 @@ from blazerpc.cli import banner
 from blazerpc.server.middleware import Middleware, RequestEvent, ResponseEvent
 
 from .processes import run_tool
-from .support import client_for, running
+from .support import client_for, reflected_methods, running
 from .test_cli import blaze
 from .test_streaming import grpcurl, json_objects, settled
 
@@ -231,18 +229,7 @@ def test_proto_declares_client_and_bidirectional_streams() -> None:
 async def test_reflection_and_grpcurl_describe_and_call_the_streams() -> None:
     tool = grpcurl()
     async with Served() as served:
-        call = served.channel.stream_stream(
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]))
-        responses = [r async for r in call]
-        files = [
-            descriptor_pb2.FileDescriptorProto.FromString(raw)
-            for r in responses
-            for raw in r.file_descriptor_response.file_descriptor_proto
-        ]
-        methods = {m.name: m for f in files for s in f.service for m in s.method}
+        methods = await reflected_methods(served.channel, SERVICE)
         assert methods["PredictTotal"].client_streaming
         assert not methods["PredictTotal"].server_streaming
         assert methods["PredictUpper"].client_streaming and methods["PredictUpper"].server_streaming

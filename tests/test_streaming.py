@@ -25,8 +25,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import descriptor_pb2
-from grpc_reflection.v1alpha import reflection_pb2
 
 from blazerpc import (
     BlazeApp,
@@ -41,7 +39,7 @@ from blazerpc import (
 )
 
 from .processes import run_tool
-from .support import SERVICE, client_for, path, running
+from .support import SERVICE, client_for, path, reflected_methods, running
 
 # The bound: once the client has gone, the server stops producing within 100 ms. The
 # endless generators below make an item about every millisecond, so the bound is checked as
@@ -190,18 +188,7 @@ def test_proto_declares_a_server_stream() -> None:
 async def test_reflection_declares_a_server_stream() -> None:
     app = generate_app()
     async with raw_channel(app) as channel:
-        call = channel.stream_stream(
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]))
-        responses = [r async for r in call]
-    files = [
-        descriptor_pb2.FileDescriptorProto.FromString(raw)
-        for r in responses
-        for raw in r.file_descriptor_response.file_descriptor_proto
-    ]
-    methods = {m.name: m for f in files for s in f.service for m in s.method}
+        methods = await reflected_methods(channel, SERVICE)
     assert methods["PredictGenerate"].server_streaming
     assert methods["PredictGenerate"].output_type == ".blazerpc.GenerateResponse"
     assert not methods["PredictGenerate"].client_streaming
