@@ -5,8 +5,8 @@ own task. While the model is busy, requests queue. When a batch finishes, its ca
 about to send again, so the batcher expects them back: the next batch waits (at most
 `batch_timeout_ms`, or a fifth of the finished batch's model time if longer) for what is
 queued plus the batch that just ended, and a request arriving meanwhile joins it rather than
-running alone. Under a steady load of N callers, batches so
-grow to N within two batches instead of freezing at whatever size came first.
+running alone. Under a steady load of N callers, batches so grow to N within two batches
+instead of freezing at whatever size came first.
 
 When more requests wait than one batch holds and the model declares a `batch_key` (a length,
 such as a token count), the batch is the oldest request plus those of the nearest keys, so
