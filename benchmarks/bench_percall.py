@@ -5,6 +5,8 @@ BlazeRPC serves ``benchmarks/percall_apps.py`` with ``--loop asyncio``: the loop
 The hand-written grpcio servicer (``handwritten_percall.py``) runs the same numpy functions
 directly in its ``async def`` methods, on the same loop. PyTriton (Triton's C++ server and
 dynamic batcher, ``pytriton_server.py``) serves the tensor model over KServe v2 gRPC.
+``grpcio-floor`` answers every call with the expected reply's bytes and does nothing else
+(``bare_receive_server.py --reply``): the most any grpcio asyncio server can reach here.
 
 Scenarios, each an alternation of its own (servers take turns every few seconds):
 
@@ -132,6 +134,21 @@ def blazerpc_server(name: str, loop: str, inline: bool = True) -> ServerSpec:
     )
 
 
+def floor_server(replies: dict[str, Path]) -> ServerSpec:
+    return ServerSpec(
+        name="grpcio-floor",
+        description="grpcio's own floor: a grpcio asyncio server answering every call with the "
+        "expected reply's bytes, read once at start-up: no decoding, no model, no encoding "
+        "(benchmarks/bare_receive_server.py --reply)",
+        command=lambda port: [
+            sys.executable,
+            str(harness.BENCH_DIR / "bare_receive_server.py"),
+            *("--host", harness.HOST, "--port", str(port)),
+            *(f"--reply={method}={path}" for method, path in replies.items()),
+        ],
+    )
+
+
 def pytriton_server() -> ServerSpec:
     python = harness.ensure_pytriton_venv()
     script = harness.BENCH_DIR / "pytriton_server.py"
@@ -165,9 +182,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--servers",
-        default="blazerpc,blazerpc-threads,grpcio,pytriton",
-        help="any of blazerpc, blazerpc-uvloop, blazerpc-threads, grpcio, pytriton; the order is "
-        "the round order",
+        default="blazerpc,blazerpc-threads,grpcio,grpcio-floor,pytriton",
+        help="any of blazerpc, blazerpc-uvloop, blazerpc-threads, grpcio, grpcio-floor, pytriton; "
+        "the order is the round order",
     )
     parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md alone")
     args = parser.parse_args()
@@ -184,6 +201,7 @@ def main() -> None:
             gen_dir,
             ("--loop", "asyncio"),
         ),
+        "grpcio-floor": lambda: floor_server(replies),
         "pytriton": pytriton_server,
     }
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
@@ -219,6 +237,9 @@ def main() -> None:
         method: harness.write_payload(f"percall_{method}", req.SerializeToString())
         for method, (req, _) in native.items()
     }
+    replies = {method: harness.WORK_DIR / f"percall_reply_{method}.bin" for method in native}
+    for method, (_, reply) in native.items():
+        replies[method].write_bytes(reply.SerializeToString())
     kserve_request = kserve.ModelInferRequest(
         model_name="matmul",
         inputs=[{"name": "x", "datatype": "FP32", "shape": row.shape}],
@@ -249,7 +270,9 @@ def main() -> None:
     samples: harness.Samples = {name: {} for name in names}
     specs_used: dict[str, ServerSpec] = {}
     for scenario in scenarios:
-        specs = [factories[n]() for n in names if n in scenario.servers or n.startswith("blazerpc")]
+        # PyTriton serves only the matmul; BlazeRPC and the grpcio servers, every scenario.
+        runs = [n for n in names if n in scenario.servers or n.startswith(("blazerpc", "grpcio"))]
+        specs = [factories[n]() for n in runs]
         specs_used |= {s.name: s for s in specs}
         expected = native[scenario.method][1].SerializeToString()
 
