@@ -49,6 +49,7 @@ class BatchSettings:
     max_queue_size: int = 1024
     max_concurrent_batches: int = 1
     # With a batch_key: the most padded key units (rows x longest key) one model call computes.
+    # Per model only, never app-wide: its unit is that model's key.
     max_batch_tokens: int | None = None
 
 
