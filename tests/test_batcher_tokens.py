@@ -6,14 +6,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
 import pytest
 
-from blazerpc import BlazeApp, BlazeClient, ConfigurationError, InferenceError
+from blazerpc import (
+    BlazeApp,
+    BlazeClient,
+    ConfigurationError,
+    InferenceError,
+    TensorInput,
+    TensorOutput,
+)
 from blazerpc.runtime.batcher import Batcher, BatchSettings
 from blazerpc.runtime.registry import ModelEntry, ModelRegistry
 
 from .support import running
-from .test_batcher import BusyModel, Clock, _queued, _until
+from .test_batcher import BusyModel, Clock, GatedModel, _queued, _until, batching
 from .test_batching import list_app, queue_list_calls
 
 
@@ -109,6 +117,31 @@ async def test_a_failing_call_fails_only_its_own_requests() -> None:
     assert results[0] == 30 and results[2] == 20 and results[4] == 40
     assert [str(results[1]), str(results[3])] == ["this call fell over"] * 2
     assert batcher.stats.batches == 3 and batcher._running == 0
+
+
+async def test_a_tensor_model_budget_counts_rows_times_the_longest_key() -> None:
+    def rows(x: TensorInput[np.float32, "batch", 2]) -> TensorOutput[np.float32, "batch", 2]:
+        return x
+
+    # each request's rows all hold its key
+    entry = ModelRegistry().register("rows", rows, batch_key=lambda x: float(x[0, 0]))
+    model = GatedModel(lambda kwargs: kwargs["x"] * 10)
+    async with batching(entry, model, max_batch_tokens=30) as batcher:
+        busy = asyncio.create_task(batcher.submit({"x": np.ones((1, 2), np.float32)}))
+        await _until(lambda: model.running == 1)
+        requests = [(2, 10.0), (1, 5.0), (3, 6.0)]  # (rows, key): 6 rows x 10 is over 30
+        queued = [
+            asyncio.create_task(batcher.submit({"x": np.full((n, 2), key, np.float32)}))
+            for n, key in requests
+        ]
+        await _queued(batcher, 3)
+        model.open()
+        results = await asyncio.gather(busy, *queued)
+    # by key: 1 row of 5 and 3 of 6 (4 x 6 = 24), then 2 rows of 10 (20) on their own
+    assert [call["x"][:, 0].tolist() for call in model.calls[1:]] == [[5, 6, 6, 6], [10, 10]]
+    for result, (n, key) in zip(results[1:], requests, strict=True):
+        assert result.shape == (n, 2) and (result == 10 * key).all()
+    assert batcher.stats.keys_computed == 1 + 4 * 6 + 2 * 10
 
 
 async def test_callers_are_answered_as_their_own_call_ends_within_one_slot() -> None:
