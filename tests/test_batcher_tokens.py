@@ -99,6 +99,15 @@ async def test_a_batch_over_the_budget_runs_as_sorted_calls_within_it() -> None:
     assert batcher._running == 0
 
 
+async def test_with_a_budget_batches_are_taken_oldest_first_and_cut_by_key() -> None:
+    """More wait than one batch holds: without a budget the batch would take the keys nearest
+    the oldest's (5, 6, 7, 8); with one it takes the four oldest, and the cut groups them."""
+    keys = [5, 50, 6, 51, 7, 52, 8, 53]
+    calls, results, _ = await calls_behind_a_busy_model(keys, budget=110, max_batch_size=4)
+    assert calls == [[5, 6], [50, 51], [7, 8], [52, 53]]
+    assert results == [10 * k for k in keys]
+
+
 async def test_a_batch_within_the_budget_is_one_call_in_arrival_order() -> None:
     calls, results, _ = await calls_behind_a_busy_model([9, 2, 30], budget=90)
     assert calls == [[9, 2, 30]]

@@ -10,11 +10,11 @@ instead of freezing at whatever size came first.
 
 When more requests wait than one batch holds and the model declares a `batch_key` (a length,
 such as a token count), the batch is the oldest request plus those of the nearest keys, so
-a batch padded to its longest member pads little. With `max_batch_tokens` as well, a batch
-whose padded size (rows x longest key) is over that budget runs as consecutive model calls
-over the batch sorted by key, each within the budget, in the same slot; each caller is
-answered when its own call ends. The queue is bounded, and requests whose caller gave up are
-dropped before they reach the model.
+a batch padded to its longest member pads little. With `max_batch_tokens` as well, batches
+are taken oldest first, and one whose padded size (rows x longest key) is over that budget
+runs as consecutive model calls over it sorted by key, each within the budget, in the same
+slot; each caller is answered when its own call ends. The queue is bounded, and requests
+whose caller gave up are dropped before they reach the model.
 """
 
 from __future__ import annotations
@@ -387,11 +387,14 @@ class Batcher:
 
     def _take(self) -> list[_Queued]:
         """Up to max_batch_size rows of live requests of the oldest one's shape: oldest first,
-        or, when a batch_key is declared and more wait than fit, nearest the oldest's key."""
+        or, when a batch_key is declared and more wait than fit, nearest the oldest's key.
+        With max_batch_tokens, oldest first: its calls group the batch by key (`_cut`), and a
+        request of an outlying key is not passed over batch after batch."""
         queue = self._live()
         limit = self.settings.max_batch_size
         candidates = list(queue)
-        if self._length is not None and sum(p.rows for p in candidates) > limit:
+        by_key = self._length is not None and self.settings.max_batch_tokens is None
+        if by_key and sum(p.rows for p in candidates) > limit:
             first = candidates[0].length
             candidates.sort(key=lambda p: abs(p.length - first))  # stable: oldest first on ties
         batch: list[_Queued] = []
