@@ -51,7 +51,9 @@ def token_count(text: str) -> int:
     return len(counter(text, truncation=True)["input_ids"])
 
 
-@app.model("embed", batched=True, batch_key=token_count)
+# On a CPU, a batch padded past 256 tokens runs as a few calls over its sentences sorted by
+# length: less padding (docs/models.md, "Token budgets"). Leave max_batch_tokens out on a GPU.
+@app.model("embed", batched=True, batch_key=token_count, max_batch_tokens=256)
 def embed(text: list[str]) -> list[TensorOutput[np.float32, 384]]:
     """One unit-length 384-float embedding per sentence. `encode` returns one array of
     (sentences, 384); its rows are the answers, in order."""

@@ -133,6 +133,7 @@ class BlazeApp:
         max_queue_size: int | None = None,
         max_concurrent_batches: int | None = None,
         batch_key: Callable[..., float] | None = None,
+        max_batch_tokens: int | None = None,
         openai: bool = False,
         chat_template: ChatTemplate | None = None,
     ) -> Callable[[F], F]:
@@ -159,6 +160,11 @@ class BlazeApp:
                 such as its token count: when more requests wait than one batch holds, a
                 batch takes requests of nearby keys, so little of it is padding
                 (`server.stats()` reports the padding waste).
+            max_batch_tokens: With `batch_key`: the most padded key units (rows x the
+                longest key, e.g. tokens) one model call computes. A larger batch runs as
+                consecutive calls over it sorted by key, each caller answered when its own
+                call ends: on a CPU, where a batch costs about the sum of its rows, that
+                computes less padding; on a GPU it mostly caps memory. See docs/models.md.
             openai: Also serve this text model on the HTTP port's OpenAI-compatible
                 endpoints (`/v1/completions`, `/v1/chat/completions`).
             chat_template: Folds chat messages into the prompt (default:
@@ -176,7 +182,11 @@ class BlazeApp:
                 batched=batched,
                 is_injected=injected_marker,
                 batching=BatchOverrides(
-                    max_batch_size, batch_timeout_ms, max_queue_size, max_concurrent_batches
+                    max_batch_size,
+                    batch_timeout_ms,
+                    max_queue_size,
+                    max_concurrent_batches,
+                    max_batch_tokens,
                 ),
                 batch_key=batch_key,
             )

@@ -79,6 +79,10 @@ async def test_embeddings_batch_by_token_count_and_report_padding() -> None:
     assert stats.requests == 48 and stats.batches < 48  # concurrent requests shared calls
     assert stats.keys_needed == sum(example.token_count(t) for t in texts)
     assert 0 <= stats.padding_waste < 1
+    # max_batch_tokens=256: batches of 8 sentences (about 400 tokens padded) ran as calls of at
+    # most 256 tokens each (sentences x the longest)
+    assert stats.keys_computed <= 256 * stats.batches
+    assert stats.batches > 48 / 8
 
 
 def test_generate_streams_tokens_to_its_client(tmp_path) -> None:

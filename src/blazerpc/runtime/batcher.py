@@ -10,13 +10,17 @@ instead of freezing at whatever size came first.
 
 When more requests wait than one batch holds and the model declares a `batch_key` (a length,
 such as a token count), the batch is the oldest request plus those of the nearest keys, so
-a batch padded to its longest member pads little. The queue is bounded, and requests whose
-caller gave up are dropped before they reach the model.
+a batch padded to its longest member pads little. With `max_batch_tokens` as well, batches
+are taken oldest first, and one whose padded size (rows x longest key) is over that budget
+runs as consecutive model calls over it sorted by key, each within the budget, in the same
+slot; each caller is answered when its own call ends. The queue is bounded, and requests
+whose caller gave up are dropped before they reach the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -44,11 +48,16 @@ class BatchSettings:
     batch_timeout_ms: float = 10.0
     max_queue_size: int = 1024
     max_concurrent_batches: int = 1
+    # With a batch_key: the most padded key units (rows x longest key) one model call computes.
+    # Per model only, never app-wide: its unit is that model's key.
+    max_batch_tokens: int | None = None
 
 
 @dataclass
 class BatchStats:
-    """What the batcher did, for tuning and metrics; all counters since start-up."""
+    """What the batcher did, for tuning and metrics; all counters since start-up. `batches`
+    and `batch_sizes` count model calls: a batch over `max_batch_tokens` counts once per call
+    it ran as."""
 
     requests: int = 0
     batches: int = 0
@@ -96,6 +105,17 @@ class _Pending:
     ) -> None:
         self.kwargs, self.rows, self.key, self.length = kwargs, rows, key, length
         self.enqueued = enqueued
+
+
+@dataclass(slots=True)
+class _Taken:
+    """A batch the dispatcher took, while it runs as several model calls in one slot."""
+
+    size: int
+    start: float
+    last: bool = False  # the call running now is its last: the slot goes back after it
+    early: int = 0  # callers answered by the calls before the last
+    answered: float = math.inf  # when the first call ended
 
 
 class _Queued(_Pending):
@@ -367,11 +387,14 @@ class Batcher:
 
     def _take(self) -> list[_Queued]:
         """Up to max_batch_size rows of live requests of the oldest one's shape: oldest first,
-        or, when a batch_key is declared and more wait than fit, nearest the oldest's key."""
+        or, when a batch_key is declared and more wait than fit, nearest the oldest's key.
+        With max_batch_tokens, oldest first: its calls group the batch by key (`_cut`), and a
+        request of an outlying key is not passed over batch after batch."""
         queue = self._live()
         limit = self.settings.max_batch_size
         candidates = list(queue)
-        if self._length is not None and sum(p.rows for p in candidates) > limit:
+        by_key = self._length is not None and self.settings.max_batch_tokens is None
+        if by_key and sum(p.rows for p in candidates) > limit:
             first = candidates[0].length
             candidates.sort(key=lambda p: abs(p.length - first))  # stable: oldest first on ties
         batch: list[_Queued] = []
@@ -389,26 +412,50 @@ class Batcher:
             self.observer.queued(len(self._queue))
         return batch
 
-    async def _run(self, batch: list[_Queued]) -> None:
-        """A batch the dispatcher took: each request's future gets its own result or error."""
-        try:
-            results = await self._call(batch)
-        except Exception as exc:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
-        for p, result in zip(batch, results, strict=True):
-            if p.future.done():
-                continue
-            if isinstance(result, Exception):
-                p.future.set_exception(result)
-            else:
-                p.future.set_result(result)
+    def _cut(self, batch: list[_Queued]) -> list[list[_Queued]]:
+        """The batch as the model calls it runs as: one, or, when its padded size is over
+        max_batch_tokens, consecutive slices of it sorted by key, each filled up to the budget
+        (a request over the budget on its own runs alone)."""
+        budget = self.settings.max_batch_tokens
+        if budget is None or max(p.length for p in batch) * sum(p.rows for p in batch) <= budget:
+            return [batch]
+        parts: list[list[_Queued]] = [[]]
+        rows = 0
+        for p in sorted(batch, key=lambda p: p.length):  # each the longest of its slice so far
+            if parts[-1] and (rows + p.rows) * p.length > budget:
+                parts.append([])
+                rows = 0
+            parts[-1].append(p)
+            rows += p.rows
+        return parts
 
-    async def _call(self, batch: Sequence[_Pending]) -> list[Any]:
-        """One model call for the whole batch, in a slot already taken: a result (or an
-        Exception instance) per request, or the exception that fails them all."""
+    async def _run(self, batch: list[_Queued]) -> None:
+        """A batch the dispatcher took: each request's future gets its own result or error, as
+        soon as the call that computed it ends."""
+        parts = self._cut(batch)
+        taken = None if len(parts) == 1 else _Taken(len(batch), self._clock())
+        for i, part in enumerate(parts):
+            if taken is not None and i == len(parts) - 1:
+                taken.last = True
+            try:
+                results = await self._call(part, taken)
+            except Exception as exc:
+                results = [exc] * len(part)
+            for p, result in zip(part, results, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
+            if taken is not None and not taken.last:
+                taken.early += len(part)
+                taken.answered = min(taken.answered, self._clock())
+
+    async def _call(self, batch: Sequence[_Pending], taken: _Taken | None = None) -> list[Any]:
+        """One model call, in a slot already taken: a result (or an Exception instance) per
+        request, or the exception that fails them all. The slot goes back after it, unless it
+        is not the last call of a `taken` batch."""
         start = self._clock()
         waits = [start - p.enqueued for p in batch]
         self.stats.queue_seconds += sum(waits)
@@ -429,17 +476,24 @@ class Batcher:
                 except asyncio.CancelledError:
                     # A thread cannot be stopped: the call keeps its slot (and counts against
                     # max_concurrent_batches) until it really returns.
-                    call.add_done_callback(lambda _: self._finished(len(batch), start, waits))
+                    if taken is not None:
+                        taken.last = True  # no call of the batch follows this one
+                    call.add_done_callback(
+                        lambda _: self._finished(len(batch), start, waits, taken)
+                    )
                     deferred = True
                     raise
             return self.plan.split(output, batch)
+        except asyncio.CancelledError:
+            if taken is not None:
+                taken.last = True
+            raise
         finally:
             if not deferred:
-                self._finished(len(batch), start, waits)
+                self._finished(len(batch), start, waits, taken)
 
-    def _finished(self, size: int, start: float, waits: list[float]) -> None:
-        """Give back a batch's slot and account for it."""
-        self._running -= 1
+    def _finished(self, size: int, start: float, waits: list[float], taken: _Taken | None) -> None:
+        """Account for a model call; give back its slot unless more calls of its batch follow."""
         finished = self._clock()
         stats = self.stats
         stats.batches += 1
@@ -447,11 +501,21 @@ class Batcher:
         stats.model_seconds += finished - start
         if self.observer is not None:
             self.observer.batch(size, waits, finished - start)
+        if taken is not None and not taken.last:
+            return
+        self._running -= 1
         # This batch's callers are about to send again: expect them beside those queued, for
         # batch_timeout, or a fifth of this batch's time if longer: a caller who just waited
         # 300 ms for the model loses little waiting 60 ms more for a full batch, and callers
         # on a busy machine take longer than 10 ms to send again.
-        self._want = min(self.settings.max_batch_size, len(self._queue) + size)
+        expected = size
+        if taken is not None:
+            # Callers answered by its earlier calls may be back already: those are queued, and
+            # counted once. Which queued request is whose is unknown: later arrivals, at most
+            # as many as were answered early, are taken as theirs.
+            back = sum(p.enqueued >= taken.answered for p in self._queue)
+            expected, start = taken.size - min(back, taken.early), taken.start
+        self._want = min(self.settings.max_batch_size, len(self._queue) + expected)
         self._expect_until = finished + max(self._timeout, PATIENCE * (finished - start))
         if self._queue:
             self._wakeup.set()

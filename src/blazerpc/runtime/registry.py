@@ -59,6 +59,7 @@ class BatchOverrides:
     batch_timeout_ms: float | None = None
     max_queue_size: int | None = None
     max_concurrent_batches: int | None = None
+    max_batch_tokens: int | None = None
 
     def given(self) -> dict[str, Any]:
         """The settings this model overrides, by name."""
@@ -132,6 +133,24 @@ def _batch_key_params(
     return names
 
 
+def _check_token_budget(where: str, entry: ModelEntry) -> None:
+    """max_batch_tokens counts batch_key units, so it needs a batch_key, and a budget below one
+    unit would run every request alone."""
+    budget = entry.batching.max_batch_tokens
+    if budget is None:
+        return
+    if entry.batch_key is None:
+        raise ConfigurationError(
+            f"{where}: max_batch_tokens needs a batch_key (the budget counts its units: "
+            "requests x the longest key per model call)"
+        )
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigurationError(
+            f"{where}: max_batch_tokens must be a positive int (batch_key units per model "
+            f"call), got {budget!r}"
+        )
+
+
 class ModelRegistry:
     """Models by name; registration checks everything a request would otherwise trip over."""
 
@@ -196,6 +215,7 @@ class ModelRegistry:
         if batch_key is not None:
             entry.batch_key = batch_key
             entry.batch_key_params = _batch_key_params(where, entry, batch_key)
+        _check_token_budget(where, entry)
         self._models[(name, version)] = entry
         try:
             self._name_versions(name)
