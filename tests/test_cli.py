@@ -434,3 +434,22 @@ def test_banner_says_when_only_requests_of_one_length_share_a_batch() -> None:
     lines = {line.split()[0]: line for line in banner(app, "h", 1).splitlines()}
     assert "only requests of equal 'seq' share a batch" in lines["embed-ids"]
     assert "batched (up to 32)," in lines["classify"]
+
+
+def test_banner_shows_a_token_budget() -> None:
+    app = BlazeApp()
+
+    def words(text: str) -> int:
+        return len(text.split())
+
+    @app.model("embed", batched=True, batch_key=words, max_batch_tokens=256)
+    def embed(text: list[str]) -> list[int]:
+        return [len(t) for t in text]
+
+    @app.model("plain", batched=True, batch_key=words)
+    def plain(text: list[str]) -> list[int]:
+        return [len(t) for t in text]
+
+    lines = {line.split()[0]: line for line in banner(app, "h", 1).splitlines()}
+    assert "batched (up to 32, calls of at most 256 batch_key units)," in lines["embed"]
+    assert "batched (up to 32)," in lines["plain"]

@@ -90,7 +90,9 @@ def banner(
         elif m.streaming:
             mode = "streaming"
         elif (settings := app.batch_settings(m)) is not None:
-            mode = f"unary, batched (up to {settings.max_batch_size}{_shared_when(m)})"
+            budget = settings.max_batch_tokens
+            per_call = "" if budget is None else f", calls of at most {budget} batch_key units"
+            mode = f"unary, batched (up to {settings.max_batch_size}{per_call}{_shared_when(m)})"
         else:
             mode = "unary"
         lines.append(f"  {m.name:<24} v{m.version:<6} {mode}, {_runs_where(m, app)}")
