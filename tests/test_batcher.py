@@ -14,10 +14,17 @@ import numpy as np
 import pytest
 from grpc import StatusCode
 
-from blazerpc import ConfigurationError, InferenceError, RPCError, TensorInput, TensorOutput
+from blazerpc import (
+    BlazeApp,
+    ConfigurationError,
+    InferenceError,
+    RPCError,
+    TensorInput,
+    TensorOutput,
+)
 from blazerpc.runtime.batcher import Batcher, BatchSettings
 from blazerpc.runtime.executor import Executor
-from blazerpc.runtime.registry import ModelEntry, ModelRegistry
+from blazerpc.runtime.registry import BatchOverrides, ModelEntry, ModelRegistry
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -420,6 +427,33 @@ def test_batch_key_is_checked_at_registration() -> None:
         registry.register("one", echo, batch_key=lambda t: len(t))
     with pytest.raises(ConfigurationError, match=r"takes \['txt'\].*\['t'\]"):
         registry.register("two", texts, batched=True, batch_key=lambda txt: 1)
+
+
+@pytest.mark.parametrize(
+    ("setting", "bad", "what"),
+    [
+        ("max_batch_size", 0, "a positive int"),
+        ("max_queue_size", -1, "a positive int"),
+        # 0 slots: no batch would ever run, and every call would wait forever.
+        ("max_concurrent_batches", 0, "a positive int"),
+        ("max_concurrent_batches", 2.5, "a positive int"),
+        ("batch_timeout_ms", -10, "a number of milliseconds >= 0"),
+        ("batch_timeout_ms", float("nan"), "a number of milliseconds >= 0"),
+    ],
+)
+def test_batching_settings_no_batcher_can_work_with_are_refused_by_name(
+    setting: str, bad: object, what: str
+) -> None:
+    registry = ModelRegistry()
+    with pytest.raises(ConfigurationError, match=rf"model 'm'.*{setting} must be {what}, got"):
+        registry.register("m", texts, batched=True, batching=BatchOverrides(**{setting: bad}))
+    app_wide = {"max_batch_size", "max_queue_size", "batch_timeout_ms"}
+    if setting in app_wide:
+        with pytest.raises(ConfigurationError, match=rf"BlazeApp: {setting} must be {what}"):
+            BlazeApp(**{setting: bad})
+    # The boundary values work.
+    fine = BatchOverrides(batch_timeout_ms=0, max_concurrent_batches=1)
+    registry.register("ok", texts, batched=True, batching=fine)
 
 
 async def test_a_batched_model_may_return_an_array_with_a_row_per_request() -> None:

@@ -20,7 +20,7 @@ from .injection import injected_marker
 from .policy import CallPolicy
 from .protocols.openai_models import ChatTemplate, OpenAIModel, check_openai_model
 from .runtime.batcher import BatchSettings
-from .runtime.registry import BatchOverrides, ModelEntry, ModelRegistry
+from .runtime.registry import BatchOverrides, ModelEntry, ModelRegistry, check_batching
 from .schema import Schema, build_schema
 from .server.metrics import BatchMetrics, count_in_flight, serve_metrics
 from .server.middleware import MetricsMiddleware, Middleware, TransportMiddleware, as_middleware
@@ -102,6 +102,14 @@ class BlazeApp:
                 serving, tear-down after the drain (around the `on_startup`/`on_shutdown`
                 hooks).
         """
+        check_batching(
+            "BlazeApp",
+            {
+                "max_batch_size": max_batch_size,
+                "batch_timeout_ms": batch_timeout_ms,
+                "max_queue_size": max_queue_size,
+            },
+        )
         self.name = name
         self.enable_batching = enable_batching
         self.max_batch_size = max_batch_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -133,21 +134,30 @@ def _batch_key_params(
     return names
 
 
+# Every batching setting, and what a batcher can work with: a size, queue or slot count of
+# zero would refuse or hang every request, and the wait is a duration.
+_COUNTS = ("max_batch_size", "max_queue_size", "max_concurrent_batches", "max_batch_tokens")
+
+
+def check_batching(where: str, settings: dict[str, Any]) -> None:
+    """Raise ConfigurationError, naming `where` and the setting, for a batching setting no
+    batcher can work with: counts must be positive ints, batch_timeout_ms a number >= 0."""
+    for name, value in settings.items():
+        if name in _COUNTS:
+            ok, what = isinstance(value, int) and value >= 1, "a positive int"
+        else:
+            ok = isinstance(value, (int, float)) and 0 <= value < math.inf
+            what = "a number of milliseconds >= 0"
+        if isinstance(value, bool) or not ok:
+            raise ConfigurationError(f"{where}: {name} must be {what}, got {value!r}")
+
+
 def _check_token_budget(where: str, entry: ModelEntry) -> None:
-    """max_batch_tokens counts batch_key units, so it needs a batch_key, and a budget below one
-    unit would run every request alone."""
-    budget = entry.batching.max_batch_tokens
-    if budget is None:
-        return
-    if entry.batch_key is None:
+    """max_batch_tokens counts batch_key units, so it needs a batch_key."""
+    if entry.batching.max_batch_tokens is not None and entry.batch_key is None:
         raise ConfigurationError(
             f"{where}: max_batch_tokens needs a batch_key (the budget counts its units: "
             "requests x the longest key per model call)"
-        )
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ConfigurationError(
-            f"{where}: max_batch_tokens must be a positive int (batch_key units per model "
-            f"call), got {budget!r}"
         )
 
 
@@ -215,6 +225,7 @@ class ModelRegistry:
         if batch_key is not None:
             entry.batch_key = batch_key
             entry.batch_key_params = _batch_key_params(where, entry, batch_key)
+        check_batching(where, entry.batching.given())
         _check_token_budget(where, entry)
         self._models[(name, version)] = entry
         try:
