@@ -115,8 +115,12 @@ def tensor_from_elements(
 def fill_tensor(proto: Any, value: Any, spec: Tensor, path: str = "result") -> None:
     """Write an array-like into a TensorProto, cast to the declared dtype if it is a safe kind."""
     arr = result_array(value, spec, path)
+    _write_tensor(proto, arr, _WIRE_NAME_OF[arr.dtype])
+
+
+def _write_tensor(proto: Any, arr: np.ndarray, wire_dtype: str) -> None:
     proto.shape.extend(arr.shape)
-    proto.dtype = _WIRE_NAME_OF[arr.dtype]
+    proto.dtype = wire_dtype
     proto.data = arr.tobytes()
 
 
@@ -158,6 +162,8 @@ def _field_reader(field: Field) -> Callable[[Message, str], Any]:
                 )
             return read(getattr(msg, name), prefix + name)
 
+        if isinstance(field.type, Tensor):
+            return _fitting_tensor(name, field.type, required)
         return required
     if is_message or (field.optional and isinstance(field.type, Scalar)):
 
@@ -182,8 +188,42 @@ def _field_reader(field: Field) -> Callable[[Message, str], Any]:
     return lambda msg, prefix: decode(getattr(msg, name), prefix + name)
 
 
+def _fitting_tensor(
+    name: str, spec: Tensor, checked: Callable[[Message, str], Any]
+) -> Callable[[Message, str], Any]:
+    """Field `name`, a required tensor, read in one step when it is what was declared (dtype,
+    dims, byte count), as nearly every request is; anything else goes to `checked`, which
+    says what is wrong. A message whose dtype matches was sent: an absent one's is empty."""
+    if spec.dtype is None or spec.dims is None:
+        return checked
+    wire, dtype, itemsize = spec.wire_dtype, spec.dtype, spec.dtype.itemsize
+    fits, prod, frombuffer = dims_fit(spec.dims), math.prod, np.frombuffer
+    free = any(isinstance(size, str) for size in spec.dims)  # a size that may come negative
+
+    def fitting(msg: Message, prefix: str) -> Any:
+        proto = getattr(msg, name)
+        if proto.dtype == wire:
+            shape = tuple(proto.shape)
+            data = proto.data
+            if (
+                fits(shape)
+                and len(data) == prod(shape) * itemsize
+                and not (free and min(shape) < 0)
+            ):
+                try:
+                    return frombuffer(data, dtype).reshape(shape)
+                except ValueError:  # numpy's own limits, which `checked` words
+                    pass
+        return checked(msg, prefix)
+
+    return fitting
+
+
 def _message_reader(fields: tuple[Field, ...]) -> Callable[[Message, str], dict[str, Any]]:
     readers = [(f.name, _field_reader(f)) for f in fields]
+    if len(readers) == 1:  # most models take one argument: no loop to set up
+        ((name, read),) = readers
+        return lambda msg, prefix: {name: read(msg, prefix)}
     return lambda msg, prefix: {name: read(msg, prefix) for name, read in readers}
 
 
@@ -265,21 +305,22 @@ class Codec:
     """
 
     decode: Callable[[Message], dict[str, Any]]
+    wrap: Callable[[Any], Message]
 
     def __init__(self, cls: type[Message], fields: tuple[Field, ...]) -> None:
         self.cls = cls
         self.fields = fields
         self._fill = _message_filler(fields)
-        self._fill_first = _filler(fields[0].type, fields[0].name) if fields else None
         # Messages of scalars, and lists and maps of them, go through protobuf's own constructor.
         self._constructor_ok = all(_is_plain(f.type) for f in fields)
         read = _message_reader(fields)
         self.decode = _fast_reader(fields) or (lambda msg: read(msg, ""))
+        self.wrap = _fitting_result(cls, fields[0], self._wrap) if fields else self._wrap
 
-    def wrap(self, value: Any) -> Message:
-        """The message of a single-field type (a response) holding `value`. Protobuf checks
-        the value; one it refuses (or None for a required result) is WrongResult, with the
-        verdict of `convert`, as on every other protocol."""
+    def _wrap(self, value: Any) -> Message:
+        """`wrap(value)`: the message of a single-field type (a response) holding `value`.
+        Protobuf checks the value; one it refuses (or None for a required result) is
+        WrongResult, with the verdict of `convert`, as on every other protocol."""
         field = self.fields[0]
         if value is None and not field.optional:
             raise WrongResult(field.name, declared(field.type), value)
@@ -321,6 +362,34 @@ class Codec:
         if field.is_repeated:
             kind = f"repeated {kind}"
         return f"field '{name}': expected {kind}, got {type(value).__name__} ({exc})"
+
+
+def _fitting_result(
+    cls: type[Message], field: Field, checked: Callable[[Any], Message]
+) -> Callable[[Any], Message]:
+    """`Codec.wrap` for a tensor result, in one step when the model returned an array of the
+    declared dtype and dims, as nearly every model does; anything else goes to `checked`,
+    which casts it or says what is wrong."""
+    spec = field.type
+    if not isinstance(spec, Tensor) or spec.dtype is None or spec.dims is None:
+        return checked
+    name, dtype, wire, fits, ndarray = (
+        field.name,
+        spec.dtype,
+        spec.wire_dtype,
+        dims_fit(spec.dims),
+        np.ndarray,
+    )
+    assert wire is not None
+
+    def fitting(value: Any) -> Message:
+        if type(value) is ndarray and value.dtype == dtype and fits(value.shape):
+            msg = cls()
+            _write_tensor(getattr(msg, name), value, wire)
+            return msg
+        return checked(value)
+
+    return fitting
 
 
 _PROTO_TYPE_NAMES = {

@@ -32,7 +32,7 @@ from grpc import StatusCode
 
 from ..exceptions import InferenceError, RPCError, ValidationError
 from ..types import Tensor
-from .executor import Invoke
+from .executor import Invoke, SyncCalls
 from .registry import ModelEntry
 
 # How long the next batch waits for the callers of one that just ended, as a share of that
@@ -190,7 +190,7 @@ class TensorStacking:
 
     def split(self, result: Any, batch: Sequence[_Pending]) -> list[Any]:
         result = np.asarray(result)
-        rows = sum(p.rows for p in batch)
+        rows = batch[0].rows if len(batch) == 1 else sum(p.rows for p in batch)
         if result.ndim == 0 or result.shape[0] != rows:
             got = "a scalar" if result.ndim == 0 else f"{result.shape[0]} rows"
             raise InferenceError(
@@ -270,6 +270,8 @@ class Batcher:
         self.settings = settings
         self.stats = BatchStats()
         self._invoke = invoke
+        # A plain `def` model: while it runs inline, an idle batcher calls it straight away.
+        self._sync = invoke if isinstance(invoke, SyncCalls) else None
         self._length = key_function(entry)
         self._queue: deque[_Queued] = deque()
         self._running = 0
@@ -319,8 +321,12 @@ class Batcher:
             and not self._expecting(now)
         ):
             # Idle model: run at once in this task, no queue and no dispatcher hop.
-            self._running += 1
-            (result,) = await self._call([_Pending(kwargs, rows, key, length, now)])
+            pending = _Pending(kwargs, rows, key, length, now)
+            if self._sync is not None and self._sync.inline:
+                (result,) = self._call_inline(pending, self._sync)
+            else:
+                self._running += 1
+                (result,) = await self._call([pending])
             if isinstance(result, Exception):
                 raise result
             return result
@@ -452,10 +458,8 @@ class Batcher:
                 taken.early += len(part)
                 taken.answered = min(taken.answered, self._clock())
 
-    async def _call(self, batch: Sequence[_Pending], taken: _Taken | None = None) -> list[Any]:
-        """One model call, in a slot already taken: a result (or an Exception instance) per
-        request, or the exception that fails them all. The slot goes back after it, unless it
-        is not the last call of a `taken` batch."""
+    def _started(self, batch: Sequence[_Pending]) -> tuple[float, list[float]]:
+        """Account for a model call about to start: when, and how long each request waited."""
         start = self._clock()
         waits = [start - p.enqueued for p in batch]
         self.stats.queue_seconds += sum(waits)
@@ -463,6 +467,25 @@ class Batcher:
             longest = max(p.length for p in batch)
             self.stats.keys_needed += sum(p.length * p.rows for p in batch)
             self.stats.keys_computed += longest * sum(p.rows for p in batch)
+        return start, waits
+
+    def _call_inline(self, pending: _Pending, sync: SyncCalls) -> list[Any]:
+        """`_call` for a lone request to an idle model that runs inline: the same accounting,
+        without a future, a coroutine or a slot, since nothing else runs on the loop until
+        `sync.now` returns. The batcher's expectations stay as they are: it was not expecting
+        anyone (or the request would have queued), and a lone call leaves nobody to expect."""
+        batch = (pending,)
+        start, waits = self._started(batch)
+        try:
+            return self.plan.split(sync.now(pending.kwargs), batch)
+        finally:
+            self._accounted(1, start, waits)
+
+    async def _call(self, batch: Sequence[_Pending], taken: _Taken | None = None) -> list[Any]:
+        """One model call, in a slot already taken: a result (or an Exception instance) per
+        request, or the exception that fails them all. The slot goes back after it, unless it
+        is not the last call of a `taken` batch."""
+        start, waits = self._started(batch)
         deferred = False
         try:
             call = self._invoke(self.plan.merge(batch))
@@ -492,8 +515,8 @@ class Batcher:
             if not deferred:
                 self._finished(len(batch), start, waits, taken)
 
-    def _finished(self, size: int, start: float, waits: list[float], taken: _Taken | None) -> None:
-        """Account for a model call; give back its slot unless more calls of its batch follow."""
+    def _accounted(self, size: int, start: float, waits: list[float]) -> float:
+        """Account for a model call that just ended; when it ended."""
         finished = self._clock()
         stats = self.stats
         stats.batches += 1
@@ -501,6 +524,11 @@ class Batcher:
         stats.model_seconds += finished - start
         if self.observer is not None:
             self.observer.batch(size, waits, finished - start)
+        return finished
+
+    def _finished(self, size: int, start: float, waits: list[float], taken: _Taken | None) -> None:
+        """Account for a model call; give back its slot unless more calls of its batch follow."""
+        finished = self._accounted(size, start, waits)
         if taken is not None and not taken.last:
             return
         self._running -= 1

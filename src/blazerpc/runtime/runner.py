@@ -68,9 +68,13 @@ class ModelRunner:
         self.in_flight += 1
 
     def _bounded_predict(self, invoke: Invoke) -> Predict:
+        sync = self.sync_calls
+
         async def predict(kwargs: dict[str, Any], timeout: float | None = None) -> Any:
             self._admit()
             try:
+                if sync is not None and sync.inline:  # no future to wait for
+                    return sync.now(kwargs)
                 return await invoke(kwargs)
             finally:
                 self.in_flight -= 1
