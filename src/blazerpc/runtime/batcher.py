@@ -302,6 +302,19 @@ class Batcher:
         """Whether callers of a batch that just finished are still expected back."""
         return self._want > 1 and now < self._expect_until
 
+    def _idle(self, now: float) -> bool:
+        """Whether a request arriving now runs at once, alone, in its caller's task."""
+        return (
+            not self._queue
+            and self._running < self.settings.max_concurrent_batches
+            and not self._expecting(now)
+        )
+
+    def answers_at_once(self) -> bool:
+        """Whether a request submitted now is answered before its caller's task yields: the
+        model is idle and runs inline."""
+        return self._sync is not None and self._sync.inline and self._idle(self._clock())
+
     async def submit(self, kwargs: dict[str, Any], timeout: float | None = None) -> Any:
         """The model's result for one request, computed in some batch."""
         rows, key = self.plan.prepare(kwargs)
@@ -315,11 +328,7 @@ class Batcher:
             )
         now = self._clock()
         self.stats.requests += 1
-        if (
-            not self._queue
-            and self._running < self.settings.max_concurrent_batches
-            and not self._expecting(now)
-        ):
+        if self._idle(now):
             # Idle model: run at once in this task, no queue and no dispatcher hop.
             pending = _Pending(kwargs, rows, key, length, now)
             if self._sync is not None and self._sync.inline:

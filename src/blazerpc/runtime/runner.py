@@ -58,6 +58,14 @@ class ModelRunner:
         else:
             self.predict = self._bounded_predict(invoke)
 
+    def answers_at_once(self) -> bool:
+        """Whether a unary call made now is answered before its caller's task yields: a plain
+        `def` that runs inline, with its batcher (if any) idle. Nothing can happen between such
+        a call's admission and its answer."""
+        if self.batcher is not None:
+            return self.batcher.answers_at_once()
+        return self.sync_calls is not None and self.sync_calls.inline
+
     def _admit(self) -> None:
         if self.in_flight >= self._max_in_flight:
             raise RPCError(
