@@ -22,8 +22,8 @@ from blazerpc import (
     TensorInput,
     TensorOutput,
 )
-from blazerpc.runtime.batcher import Batcher, BatchSettings
-from blazerpc.runtime.executor import Executor
+from blazerpc.runtime.batcher import PROBE_EVERY, Batcher, BatchSettings
+from blazerpc.runtime.executor import Executor, SyncCalls
 from blazerpc.runtime.registry import BatchOverrides, ModelEntry, ModelRegistry
 
 
@@ -482,3 +482,35 @@ async def test_merged_inputs_are_read_only_like_a_lone_request() -> None:
         model.open()
         await asyncio.gather(*calls)
     assert seen == [False, False]
+
+
+async def test_an_inline_model_probes_now_and_then_so_calls_that_arrive_together_batch() -> None:
+    """Each call of a model running inline ends before the loop reads the next, so it always
+    finds the model idle and would run alone however many callers there are: one idle
+    arrival in PROBE_EVERY queues for a turn of the loop, and those arriving with it join."""
+    calls: list[list[int]] = []
+
+    def double(n: list[int]) -> list[int]:
+        calls.append(list(n))
+        return [2 * v for v in n]
+
+    entry = ModelRegistry().register("double", double, batched=True)
+    executor = Executor(2)
+    invoke = executor.invoker(double)
+    assert isinstance(invoke, SyncCalls)
+    invoke.inline = True  # as if proven cheap
+    batcher = Batcher(entry, invoke, BatchSettings(batch_timeout_ms=0))
+    batcher.start()
+    try:
+        together = [asyncio.ensure_future(batcher.submit({"n": i})) for i in range(4)]
+        assert await asyncio.gather(*together) == [0, 2, 4, 6]
+        assert calls == [[0], [1], [2], [3]]  # at once, each alone, in its caller's task
+        for i in range(PROBE_EVERY - 5):
+            await batcher.submit({"n": i})
+        together = [asyncio.ensure_future(batcher.submit({"n": i})) for i in range(4)]
+        assert await asyncio.gather(*together) == [0, 2, 4, 6]
+        assert calls[-1] == [0, 1, 2, 3]  # the probe, and the three that came with it
+        assert len(calls) == PROBE_EVERY
+    finally:
+        await batcher.stop()
+        executor.shutdown()

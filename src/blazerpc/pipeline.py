@@ -196,15 +196,14 @@ class ModelCall(Generic[Req, Ctx, Out]):
             self._failure,
         )
         decode, encode, reject, timeout = wire.decode, wire.encode, wire.reject, wire.timeout
-        at_once = self._runner.answers_at_once
+        inline = self._runner.runs_inline
 
         async def unary(request: Req, ctx: Ctx) -> Out:
             try:
                 gate.admit()
-                # A call answered at once (a cheap `def` inline) has no "before the model
-                # runs" to announce: its answer goes out as early as headers would. Nothing
-                # yields between this check and `predict`, so the check holds for the call.
-                if not at_once() and (note := notify(ctx)) is not None:
+                # Early headers guard the time between a model's start and its answer; a
+                # model running inline leaves microseconds there, less than their own write.
+                if not inline() and (note := notify(ctx)) is not None:
                     await note
                 return encode(request, await predict(decode(request), timeout(ctx)))
             except Exception as exc:

@@ -58,12 +58,10 @@ class ModelRunner:
         else:
             self.predict = self._bounded_predict(invoke)
 
-    def answers_at_once(self) -> bool:
-        """Whether a unary call made now is answered before its caller's task yields: a plain
-        `def` that runs inline, with its batcher (if any) idle. Nothing can happen between such
-        a call's admission and its answer."""
-        if self.batcher is not None:
-            return self.batcher.answers_at_once()
+    def runs_inline(self) -> bool:
+        """Whether the model's calls run inline now: a plain `def` measured cheap, called on
+        the loop, alone or in a batch, so a call's answer follows the model's start within
+        microseconds (a batch of such calls: well under a millisecond)."""
         return self.sync_calls is not None and self.sync_calls.inline
 
     def _admit(self) -> None:
