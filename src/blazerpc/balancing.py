@@ -7,8 +7,9 @@ call carrying the `ADMISSION_HEADERS` metadata gets its response headers as soon
 server admits it, before the model runs, and gRPC never retries a call once headers have
 arrived. So only a refusal (the draining or starting gate, or a connection that failed
 before admission) is ever retried, never a call that may have reached the model (one on a
-replica that died mid-call). Clients without a retry policy do not ask, and do not pay for
-the extra write of early headers.
+replica that died mid-call), unless that model runs inline: a cheap plain `def` answers
+within microseconds of its start, too soon for headers to matter. Clients without a retry
+policy do not ask, and do not pay for the extra write of early headers.
 """
 
 from __future__ import annotations

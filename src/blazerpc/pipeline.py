@@ -97,6 +97,18 @@ class Wire(Generic[Req, Ctx, Out]):
     streamed_requests: bool = False
 
 
+def _announcer(
+    admitted: Callable[[Ctx], Awaitable[None] | None] | None, inline: Callable[[], bool]
+) -> Callable[[Ctx], Awaitable[None] | None] | None:
+    """The wire's `admitted`, for calls to a model that does not run inline now. Early
+    headers guard the time between a model's start and its answer; a model running inline
+    (a cheap `def`, alone or in a batch) leaves microseconds there, less than reading the
+    call's metadata to look for the request costs."""
+    if admitted is None:
+        return None
+    return lambda ctx: None if inline() else admitted(ctx)
+
+
 async def _close(chunks: AsyncGenerator[Any, None]) -> None:
     """Finish a model's generator: CancelledError where it is suspended, then close it, so
     a model sees the same exception whether its caller left or was cancelled."""
@@ -128,6 +140,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
                 f"model '{entry.name}' takes a stream of requests; call it over the native "
                 "gRPC service (BlazeClient, grpcurl, protoc stubs)"
             )
+        self._announce = _announcer(wire.admitted, runner.runs_inline)
         if not entry.streaming:
             plain = not policy.middleware and self._refusal is None
             self.unary = self._plain_unary() if plain else self._observed_unary()
@@ -160,8 +173,8 @@ class ModelCall(Generic[Req, Ctx, Out]):
         failure, arguments = self._failure, self._arguments
 
         if self._inject is None and self._wire.decode_in_thread is None:
-            if self._wire.admitted is not None:
-                return self._plain_unary_admitted(self._wire.admitted)
+            if self._announce is not None:
+                return self._plain_unary_admitted(self._announce)
 
             async def unary(request: Req, ctx: Ctx) -> Out:
                 try:
@@ -172,7 +185,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
 
             return unary
 
-        notify = self._wire.admitted
+        notify = self._announce
 
         async def unary_arguments(request: Req, ctx: Ctx) -> Out:
             try:
@@ -196,14 +209,11 @@ class ModelCall(Generic[Req, Ctx, Out]):
             self._failure,
         )
         decode, encode, reject, timeout = wire.decode, wire.encode, wire.reject, wire.timeout
-        inline = self._runner.runs_inline
 
         async def unary(request: Req, ctx: Ctx) -> Out:
             try:
                 gate.admit()
-                # Early headers guard the time between a model's start and its answer; a
-                # model running inline leaves microseconds there, less than their own write.
-                if not inline() and (note := notify(ctx)) is not None:
+                if (note := notify(ctx)) is not None:
                     await note
                 return encode(request, await predict(decode(request), timeout(ctx)))
             except Exception as exc:
@@ -213,13 +223,13 @@ class ModelCall(Generic[Req, Ctx, Out]):
 
     def _observed_unary(self) -> Callable[[Req, Ctx], Awaitable[Out]]:
         observed, predict, wire = self._policy.observed, self._runner.predict, self._wire
-        failure, arguments = self._failure, self._arguments
+        failure, arguments, announce = self._failure, self._arguments, self._announce
 
         async def unary_observed(request: Req, ctx: Ctx) -> Out:
             try:
                 caller = wire.caller(request, ctx)
                 async with observed(caller):
-                    if wire.admitted is not None and (note := wire.admitted(ctx)) is not None:
+                    if announce is not None and (note := announce(ctx)) is not None:
                         await note
                     kwargs = await arguments(request, ctx, caller)
                     return wire.encode(request, await predict(kwargs, wire.timeout(ctx)))
@@ -242,7 +252,7 @@ class ModelCall(Generic[Req, Ctx, Out]):
             if self._policy.middleware:
                 caller = wire.caller(request, ctx)
             async with self._policy.observed(caller):
-                if wire.admitted is not None and (note := wire.admitted(ctx)) is not None:
+                if self._announce is not None and (note := self._announce(ctx)) is not None:
                     await note
                 chunks = self._runner.stream(await self._arguments(request, ctx, caller))
                 try:

@@ -36,7 +36,8 @@ def _admitted(context: ServicerContext) -> Awaitable[None] | None:
     call is admitted, before the model runs: its gRPC retry policy never retries a call whose
     headers arrived, so a refusal (UNAVAILABLE from the gate while starting or draining) may
     be retried and a call the model may have begun never is, even when its replica dies
-    before answering. Only such clients pay for the extra write."""
+    before answering. Only such clients pay for the extra write, and only for models that do
+    not run inline (the pipeline does not ask for those)."""
     for key, value in context.invocation_metadata() or ():
         if key == ADMISSION_KEY and value == ADMISSION_VALUE:
             return context.send_initial_metadata(())
