@@ -4,7 +4,9 @@ Dispatch is demand-driven. A request that finds the model idle runs at once, in 
 own task. While the model is busy, requests queue. A plain `def` model that runs inline is
 never busy when a request arrives, since each call ends before the loop reads the next, so
 under load its calls would never meet: every PROBE_EVERY-th request that finds it idle queues
-instead, for one turn of the loop, and any calls that arrived with it share its batch.
+instead, for one turn of the loop, and any calls that arrived with it share its batch. Its
+batches take no time either, so no one queues while they run: once a batch's expected
+callers are back, it waits one more turn for those right behind them, and so grows.
 
 When a batch finishes, its callers are about to send again, so the batcher expects them
 back: the next batch waits (at most `batch_timeout_ms`, or a fifth of the finished batch's
@@ -404,6 +406,10 @@ class Batcher:
             finally:
                 timer.cancel()
                 self._wake_at = 1
+        if want > 1 and self._sync is not None and self._sync.inline:
+            # An inline batch takes no time, so no one queues while it runs: without one more
+            # turn of the loop for the callers right behind these, it would never grow.
+            await asyncio.sleep(0)
         self._want = 0
         return self._take()
 
