@@ -45,7 +45,7 @@ from .registry import ModelEntry
 # batch's time in the model, when that is longer than batch_timeout_ms.
 PATIENCE = 0.2
 # An inline model's requests that find it idle: one in this many queues, to see whether
-# others arrive with it (a dispatcher hop, some 30 µs, for one call in 16 at one client).
+# others arrive with it (at one client, a dispatcher hop for one call in this many).
 PROBE_EVERY = 16
 
 
