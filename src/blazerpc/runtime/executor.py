@@ -5,11 +5,12 @@ thread pool, item by item, so a sleeping generator holds a thread, never the loo
 
 Plain functions start in the pool too, where each call is timed. Once a model's recent calls
 have all been cheaper than the hop to a thread costs (`inline_limit_s` of CPU, and no waiting
-beyond what getting the GIL back explains), its calls run inline on the loop. The first inline
-call that holds the loop longer sends the model back to the pool, and it must then prove
-itself cheap over twice as many calls before it runs inline again. So a model that is always
-slow (a network call, a big matmul, a sleep) never touches the loop; one that turns slow
-stalls the loop for that one call; one that is slow now and then, a few times in its life.
+beyond what getting the GIL back explains), its calls run inline on the loop. An inline call
+that holds the loop longer sends the model back to the pool (a rare short stall excepted),
+and it must then prove itself cheap over twice as many calls before it runs inline again. So
+a model that is always slow (a network call, a big matmul, a sleep) never touches the loop;
+one that turns slow stalls the loop once, or twice if each stall could pass for noise; one
+that is slow now and then, a few times in its life.
 A call that only looked slow because the OS gave the core to another process meanwhile (it
 was preempted, and never slept or waited on its own) is not held against the model: on a busy
 machine that would otherwise send every cheap model back to threads. Nor is the time the
