@@ -336,11 +336,12 @@ class Batcher:
             )
         now = self._clock()
         self.stats.requests += 1
-        if self._idle(now) and not self._probing():
+        inline = self._sync if self._sync is not None and self._sync.inline else None
+        if self._idle(now) and (inline is None or not self._probe_due()):
             # Idle model: run at once in this task, no queue and no dispatcher hop.
             pending = _Pending(kwargs, rows, key, length, now)
-            if self._sync is not None and self._sync.inline:
-                (result,) = self._call_inline(pending, self._sync)
+            if inline is not None:
+                (result,) = self._call_inline(pending, inline)
             else:
                 self._running += 1
                 (result,) = await self._call([pending])
@@ -361,10 +362,8 @@ class Batcher:
             pending.future.cancel()  # the dispatcher skips it; a running batch ignores it
             raise
 
-    def _probing(self) -> bool:
+    def _probe_due(self) -> bool:
         """Whether this request, which found an inline model idle, queues to probe for others."""
-        if self._sync is None or not self._sync.inline:
-            return False
         self._until_probe -= 1
         if self._until_probe > 0:
             return False

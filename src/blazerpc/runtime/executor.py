@@ -159,7 +159,7 @@ class SyncCalls:
             or failed, so it cannot tell)."""
             before = usage()
             start = clock()
-            collected = self._collected()
+            collected_before = collected()
             try:
                 result = func(**kwargs)
             finally:
@@ -171,7 +171,7 @@ class SyncCalls:
                     if type(value) is list and sys.getrefcount(value) <= 3:
                         drop_gradually(value)
                 kwargs.clear()
-            wall = clock() - start - (self._collected() - collected)
+            wall = clock() - start - (collected() - collected_before)
             if wall <= wall_limit:  # cheap unless its own CPU time says otherwise
                 verdict[0] = wall <= limit_s or usage()[0] - before[0] <= limit_s
             else:
@@ -217,9 +217,8 @@ class SyncCalls:
             wall = self._clock() - start
             if wall > self.limit_s:
                 collecting = self._collected() - collected
-                if wall - collecting > self.limit_s and self._held_the_loop(
-                    wall - collecting, before, collecting
-                ):
+                own = wall - collecting
+                if own > self.limit_s and self._held_the_loop(own, before, collecting):
                     self._demote()
 
     def _judged(self, cheap: bool | None) -> None:
