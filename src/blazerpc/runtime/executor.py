@@ -7,16 +7,17 @@ Plain functions start in the pool too, where each call is timed. Once a model's 
 have all been cheaper than the hop to a thread costs (`inline_limit_s` of CPU, and no waiting
 beyond what getting the GIL back explains), its calls run inline on the loop. An inline call
 that holds the loop longer sends the model back to the pool (a rare short stall excepted),
-and it must then prove itself cheap over twice as many calls before it runs inline again. So
-a model that is always slow (a network call, a big matmul, a sleep) never touches the loop;
-one that turns slow stalls the loop once, or twice if each stall could pass for noise; one
-that is slow now and then, a few times in its life.
+and it must then prove itself cheap over twice as many calls (up to MAX_PROOF) before it runs
+inline again. So a model that is always slow (a network call, a big matmul, a sleep) never
+touches the loop; one that turns slow stalls the loop once, or up to STALLS_FORGIVEN + 1
+times if each stall is short enough to pass for noise; one that is slow now and then, a few
+times in its life.
 A call that only looked slow because the OS gave the core to another process meanwhile (it
 was preempted, and never slept or waited on its own) is not held against the model: on a busy
-machine that would otherwise send every cheap model back to threads. Nor is the time the
-garbage collector ran during the call: a collection runs inside whichever call allocates when
-one is due, and on a busy server a young-generation collection (100-300 µs) lands in a cheap
-model's call every few dozen calls.
+machine that would otherwise send every cheap model back to threads. Nor is a cheap call whose
+time a virtual machine's host took unseen, or the time the garbage collector ran during the
+call: a collection runs inside whichever call allocates when one is due, and on a busy server
+a young-generation collection (100-300 µs) lands in a cheap model's call every few dozen calls.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ RARE_STALL_CALLS = 100
 STALLS_FORGIVEN = 4
 # How much more CPU than the limit a preempted inline call may show before it counts as slow.
 PREEMPTED_MARGIN = 4
+# A brief stall (within PREEMPTED_MARGIN times the limit) holds the loop no longer than a few
+# thread hops would: one more is forgiven for every this many inline calls. Under a benchmark
+# beside other servers on a 2-core VM, a 2 µs matmul's CPU time ran over 100 µs (up to 340)
+# about once in 100 calls, in bursts, which the rarer rate took for a model turned slow.
+BRIEF_STALL_CALLS = 10
 Usage = Callable[[], tuple[float, int, int]]
 
 
@@ -65,7 +71,10 @@ if sys.platform == "linux":
         usage = getrusage(RUSAGE_THREAD)
         return thread_time(), usage.ru_nivcsw, usage.ru_nvcsw
 
+    SWITCHES_COUNTED = True
+
 else:
+    SWITCHES_COUNTED = False
 
     def thread_usage() -> tuple[float, int, int]:
         """CPU seconds of this thread; elsewhere than Linux, no count of preemptions."""
@@ -94,8 +103,10 @@ def preempted_only(before: tuple[float, int, int], after: tuple[float, int, int]
     return after[1] != before[1] and after[2] == before[2]
 
 
-# Fast calls measured in threads before a model first runs inline; doubled at each demotion.
+# Fast calls measured in threads before a model first runs inline; doubled at each demotion,
+# up to MAX_PROOF, so that noise over a long life never keeps a cheap model off the loop.
 FIRST_PROOF = 32
+MAX_PROOF = 1024
 
 
 def drop_gradually(items: list[Any]) -> None:
@@ -239,13 +250,22 @@ class SyncCalls:
         (preempted: its CPU time then also holds refilling the caches, hence the margin) or,
         now and then, because it let go of the GIL (numpy does) and another thread held it
         for a while (one switch interval, give or take), or the machine interrupted it. Such
-        short stalls are forgiven while they stay rare (RARE_STALL_CALLS, STALLS_FORGIVEN)."""
+        short stalls are forgiven while they stay rare (RARE_STALL_CALLS, BRIEF_STALL_CALLS,
+        STALLS_FORGIVEN)."""
         after = self._usage()
         cpu = after[0] - before[0] - collecting
         if preempted_only(before, after) and cpu <= PREEMPTED_MARGIN * self.limit_s:
             return False
+        if SWITCHES_COUNTED and after[2] == before[2] and cpu <= self.limit_s:
+            # Cheap, and it never waited: the time was taken from the thread, not spent by
+            # it (a virtual machine's host runs something else on its core, unseen as a
+            # context switch).
+            return False
         if wall <= self._short_stall_s:
-            earned = self._stall_credit + self._inline_calls / RARE_STALL_CALLS
+            every = (
+                BRIEF_STALL_CALLS if wall <= PREEMPTED_MARGIN * self.limit_s else RARE_STALL_CALLS
+            )
+            earned = self._stall_credit + self._inline_calls / every
             self._stall_credit = min(STALLS_FORGIVEN, earned)
             self._inline_calls = 0
             if self._stall_credit >= 1:  # forgiven; more, sooner, are a pattern
@@ -258,7 +278,7 @@ class SyncCalls:
         self._inline_calls = 0
         self.demotions += 1
         self._streak = 0
-        self._proof *= 2
+        self._proof = min(2 * self._proof, MAX_PROOF)
 
 
 # A model function may carry this attribute: where its calls really run, in words, when that
