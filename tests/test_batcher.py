@@ -22,7 +22,13 @@ from blazerpc import (
     TensorInput,
     TensorOutput,
 )
-from blazerpc.runtime.batcher import PROBE_EVERY, Batcher, BatchSettings
+from blazerpc.runtime.batcher import (
+    BUSY_TURN_S,
+    GATHER_TURNS,
+    PROBE_EVERY,
+    Batcher,
+    BatchSettings,
+)
 from blazerpc.runtime.executor import Executor, SyncCalls
 from blazerpc.runtime.registry import BatchOverrides, ModelEntry, ModelRegistry
 
@@ -487,7 +493,8 @@ async def test_merged_inputs_are_read_only_like_a_lone_request() -> None:
 async def test_an_inline_model_probes_now_and_then_so_calls_that_arrive_together_batch() -> None:
     """Each call of a model running inline ends before the loop reads the next, so it always
     finds the model idle and would run alone however many callers there are: one idle
-    arrival in PROBE_EVERY queues for a turn of the loop, and those arriving with it join."""
+    arrival in PROBE_EVERY queues, and those arriving with it join: at the first idle turn of
+    the loop, it runs."""
     calls: list[list[int]] = []
 
     def double(n: list[int]) -> list[int]:
@@ -514,3 +521,75 @@ async def test_an_inline_model_probes_now_and_then_so_calls_that_arrive_together
     finally:
         await batcher.stop()
         executor.shutdown()
+
+
+@asynccontextmanager
+async def inline_doubler(settings: BatchSettings) -> AsyncIterator[tuple[Batcher, list[int]]]:
+    """A batcher over a batched `def` that runs inline, and the size of each of its calls."""
+    sizes: list[int] = []
+
+    def double(n: list[int]) -> list[int]:
+        sizes.append(len(n))
+        return [2 * v for v in n]
+
+    entry = ModelRegistry().register("double", double, batched=True)
+    executor = Executor(2)
+    invoke = executor.invoker(double)
+    assert isinstance(invoke, SyncCalls)
+    invoke.inline = True  # as if proven cheap
+    batcher = Batcher(entry, invoke, settings)
+    batcher.start()
+    try:
+        yield batcher, sizes
+    finally:
+        await batcher.stop()
+        executor.shutdown()
+
+
+def busy_for(seconds: float) -> None:
+    """Hold the loop, as reading and answering other calls does under load."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_an_inline_batch_gathers_while_the_loop_is_busy_with_arrivals() -> None:
+    """Under load, callers come in one or two per turn of the loop, and every turn is busy
+    reading calls. An inline batch keeps gathering while that lasts, so batches grow to the
+    callers there are rather than to the few that came in its first turn."""
+    async with inline_doubler(BatchSettings(batch_timeout_ms=0)) as (batcher, sizes):
+
+        async def caller(i: int) -> None:
+            for k in range(3 * PROBE_EVERY):
+                for _ in range((7 * i + k) % 16):  # about one caller back per turn
+                    await asyncio.sleep(0)
+                busy_for(2 * BUSY_TURN_S)
+                assert await batcher.submit({"n": k}) == 2 * k
+
+        await asyncio.gather(*(caller(i) for i in range(20)))
+    assert max(sizes) >= 15, sizes  # up to 11 if it ran at the first turn without an arrival
+
+
+async def test_an_inline_batch_runs_after_a_few_busy_turns_without_arrivals() -> None:
+    """A busy loop that brings this model nothing holds its batch for GATHER_TURNS turns."""
+    async with inline_doubler(BatchSettings()) as (batcher, sizes):
+        turns = 0
+        done = False
+
+        async def other_work() -> None:
+            nonlocal turns
+            while not done:
+                busy_for(2 * BUSY_TURN_S)
+                turns += 1
+                await asyncio.sleep(0)
+
+        for k in range(PROBE_EVERY - 1):
+            assert await batcher.submit({"n": k}) == 2 * k
+        busy = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        turns = 0
+        assert await batcher.submit({"n": 7}) == 14  # the probe: it queues
+        done = True
+        await busy
+    assert sizes == [1] * PROBE_EVERY
+    assert GATHER_TURNS <= turns <= GATHER_TURNS + 3

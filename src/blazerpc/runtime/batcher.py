@@ -4,9 +4,11 @@ Dispatch is demand-driven. A request that finds the model idle runs at once, in 
 own task. While the model is busy, requests queue. A plain `def` model that runs inline is
 never busy when a request arrives, since each call ends before the loop reads the next, so
 under load its calls would never meet: every PROBE_EVERY-th request that finds it idle queues
-instead, for one turn of the loop, and any calls that arrived with it share its batch. Its
-batches take no time either, so no one queues while they run: once a batch's expected
-callers are back, it waits one more turn for those right behind them, and so grows.
+instead, and any calls that arrive with it share its batch. Its batches take no time either,
+so no one queues while they run: a batch (the probe's, or once a batch's expected callers are
+back) keeps gathering while the loop's turns are busy reading other calls and requests keep
+arriving, and stops at the first idle turn. Under load, batches so grow to dozens, and each
+call's share of the server's own work shrinks (the responses of a batch go out together).
 
 When a batch finishes, its callers are about to send again, so the batcher expects them
 back: the next batch waits (at most `batch_timeout_ms`, or a fifth of the finished batch's
@@ -47,6 +49,12 @@ PATIENCE = 0.2
 # An inline model's requests that find it idle: one in this many queues, to see whether
 # others arrive with it (at one client, a dispatcher hop for one call in this many).
 PROBE_EVERY = 16
+# An inline batch gathers while turns of the loop are busy with other calls' work (callers
+# are on their way in) and stops at an idle one. On a 2-core VM an idle turn took 3-15 µs,
+# one under a load of 64 calls in flight 40-80 µs.
+BUSY_TURN_S = 20e-6
+# Busy turns an inline batch waits through without an arrival before it runs.
+GATHER_TURNS = 8
 
 
 @dataclass(frozen=True)
@@ -405,12 +413,28 @@ class Batcher:
             finally:
                 timer.cancel()
                 self._wake_at = 1
-        if want > 1 and self._sync is not None and self._sync.inline:
-            # An inline batch takes no time, so no one queues while it runs: without one more
-            # turn of the loop for the callers right behind these, it would never grow.
-            await asyncio.sleep(0)
+        if self._sync is not None and self._sync.inline:
+            await self._gather_while_busy()
         self._want = 0
         return self._take()
+
+    async def _gather_while_busy(self) -> None:
+        """An inline batch takes no time, so no one queues while it runs: left to the callers
+        expected back, it would never grow. It takes turns of the loop while they are busy
+        (over BUSY_TURN_S: the loop is reading other calls, which may be this model's) and
+        requests keep arriving, until the batch is full or GATHER_TURNS busy turns bring none.
+        An idle turn ends it at once: nobody else is on the way, and at a few callers it would
+        only hold up the ones it has."""
+        seen, quiet = len(self._queue), 0
+        while seen < self.settings.max_batch_size and quiet < GATHER_TURNS:
+            start = time.perf_counter()
+            await asyncio.sleep(0)
+            if len(self._queue) > seen:
+                seen, quiet = len(self._queue), 0
+            elif time.perf_counter() - start < BUSY_TURN_S:
+                return
+            else:
+                quiet += 1
 
     def _live(self) -> deque[_Queued]:
         """The queue without requests whose caller gave up or whose deadline passed."""
