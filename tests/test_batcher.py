@@ -490,11 +490,10 @@ async def test_merged_inputs_are_read_only_like_a_lone_request() -> None:
     assert seen == [False, False]
 
 
-async def test_an_inline_model_probes_now_and_then_so_calls_that_arrive_together_batch() -> None:
-    """Each call of a model running inline ends before the loop reads the next, so it always
-    finds the model idle and would run alone however many callers there are: one idle
-    arrival in PROBE_EVERY queues, and those arriving with it join: at the first idle turn of
-    the loop, it runs."""
+@asynccontextmanager
+async def inline_doubler(settings: BatchSettings) -> AsyncIterator[tuple[Batcher, list[list[int]]]]:
+    """A batcher over a batched `def` that runs inline, and the arguments of each of its
+    calls."""
     calls: list[list[int]] = []
 
     def double(n: list[int]) -> list[int]:
@@ -506,9 +505,21 @@ async def test_an_inline_model_probes_now_and_then_so_calls_that_arrive_together
     invoke = executor.invoker(double)
     assert isinstance(invoke, SyncCalls)
     invoke.inline = True  # as if proven cheap
-    batcher = Batcher(entry, invoke, BatchSettings(batch_timeout_ms=0))
+    batcher = Batcher(entry, invoke, settings)
     batcher.start()
     try:
+        yield batcher, calls
+    finally:
+        await batcher.stop()
+        executor.shutdown()
+
+
+async def test_an_inline_model_probes_now_and_then_so_calls_that_arrive_together_batch() -> None:
+    """Each call of a model running inline ends before the loop reads the next, so it always
+    finds the model idle and would run alone however many callers there are: one idle
+    arrival in PROBE_EVERY queues, and those arriving with it join: at the first idle turn of
+    the loop, it runs."""
+    async with inline_doubler(BatchSettings(batch_timeout_ms=0)) as (batcher, calls):
         together = [asyncio.ensure_future(batcher.submit({"n": i})) for i in range(4)]
         assert await asyncio.gather(*together) == [0, 2, 4, 6]
         assert calls == [[0], [1], [2], [3]]  # at once, each alone, in its caller's task
@@ -518,32 +529,6 @@ async def test_an_inline_model_probes_now_and_then_so_calls_that_arrive_together
         assert await asyncio.gather(*together) == [0, 2, 4, 6]
         assert calls[-1] == [0, 1, 2, 3]  # the probe, and the three that came with it
         assert len(calls) == PROBE_EVERY
-    finally:
-        await batcher.stop()
-        executor.shutdown()
-
-
-@asynccontextmanager
-async def inline_doubler(settings: BatchSettings) -> AsyncIterator[tuple[Batcher, list[int]]]:
-    """A batcher over a batched `def` that runs inline, and the size of each of its calls."""
-    sizes: list[int] = []
-
-    def double(n: list[int]) -> list[int]:
-        sizes.append(len(n))
-        return [2 * v for v in n]
-
-    entry = ModelRegistry().register("double", double, batched=True)
-    executor = Executor(2)
-    invoke = executor.invoker(double)
-    assert isinstance(invoke, SyncCalls)
-    invoke.inline = True  # as if proven cheap
-    batcher = Batcher(entry, invoke, settings)
-    batcher.start()
-    try:
-        yield batcher, sizes
-    finally:
-        await batcher.stop()
-        executor.shutdown()
 
 
 def busy_for(seconds: float) -> None:
@@ -557,7 +542,7 @@ async def test_an_inline_batch_gathers_while_the_loop_is_busy_with_arrivals() ->
     """Under load, callers come in one or two per turn of the loop, and every turn is busy
     reading calls. An inline batch keeps gathering while that lasts, so batches grow to the
     callers there are rather than to the few that came in its first turn."""
-    async with inline_doubler(BatchSettings(batch_timeout_ms=0)) as (batcher, sizes):
+    async with inline_doubler(BatchSettings(batch_timeout_ms=0)) as (batcher, calls):
 
         async def caller(i: int) -> None:
             for k in range(3 * PROBE_EVERY):
@@ -567,12 +552,13 @@ async def test_an_inline_batch_gathers_while_the_loop_is_busy_with_arrivals() ->
                 assert await batcher.submit({"n": k}) == 2 * k
 
         await asyncio.gather(*(caller(i) for i in range(20)))
+    sizes = [len(call) for call in calls]
     assert max(sizes) >= 15, sizes  # up to 11 if it ran at the first turn without an arrival
 
 
 async def test_an_inline_batch_runs_after_a_few_busy_turns_without_arrivals() -> None:
     """A busy loop that brings this model nothing holds its batch for GATHER_TURNS turns."""
-    async with inline_doubler(BatchSettings()) as (batcher, sizes):
+    async with inline_doubler(BatchSettings()) as (batcher, calls):
         turns = 0
         done = False
 
@@ -591,5 +577,5 @@ async def test_an_inline_batch_runs_after_a_few_busy_turns_without_arrivals() ->
         assert await batcher.submit({"n": 7}) == 14  # the probe: it queues
         done = True
         await busy
-    assert sizes == [1] * PROBE_EVERY
+    assert [len(call) for call in calls] == [1] * PROBE_EVERY
     assert GATHER_TURNS <= turns <= GATHER_TURNS + 3
