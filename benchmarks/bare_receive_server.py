@@ -6,8 +6,10 @@ large message costs the event loop, beside which soak.py reads BlazeRPC's figure
 ``--reply METHOD=FILE`` (repeatable) it answers ``/blazerpc.InferenceService/METHOD`` with the
 bytes of FILE, read once, whatever the request: no decoding, no model, no encoding, so per call
 only grpcio's own cost remains, beside which bench_percall.py reads the servers' figures.
+``--loop uvloop`` serves on uvloop (the loop ``blaze serve`` runs on) instead of asyncio's.
 
     python benchmarks/bare_receive_server.py [--host H] [--port P] [--reply M=FILE ...]
+        [--loop asyncio|uvloop]
     # prints its port, serves until killed
 """
 
@@ -20,12 +22,16 @@ from pathlib import Path
 import grpc
 
 
-async def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reply", action="append", default=[], metavar="METHOD=FILE")
-    args = parser.parse_args()
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
 
     async def receive(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return str(len(data)).encode()
@@ -63,4 +69,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    options = arguments()
+    if options.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(options))
+    else:
+        asyncio.run(main(options))

@@ -1,12 +1,14 @@
 """Per-call cost of plain `def` models on the default install, beside a hand-written servicer.
 
-BlazeRPC serves ``benchmarks/percall_apps.py`` with ``--loop asyncio``: the loop a default
-``pip install blazerpc`` has (no uvloop), pinned because this venv holds uvloop for the tests.
-The hand-written grpcio servicer (``handwritten_percall.py``) runs the same numpy functions
-directly in its ``async def`` methods, on the same loop. PyTriton (Triton's C++ server and
-dynamic batcher, ``pytriton_server.py``) serves the tensor model over KServe v2 gRPC.
-``grpcio-floor`` answers every call with the expected reply's bytes and does nothing else
-(``bare_receive_server.py --reply``): the most any grpcio asyncio server can reach here.
+BlazeRPC serves ``benchmarks/percall_apps.py`` with ``blaze serve`` as installed: on uvloop,
+which a default ``pip install blazerpc`` brings wherever it builds (``blazerpc-asyncio``: on
+asyncio's own loop, as where it does not, Windows). The hand-written grpcio servicer
+(``handwritten_percall.py``) runs the same numpy functions directly in its ``async def``
+methods, on the loop a plain ``pip install grpcio`` has (asyncio's; ``grpcio-uvloop``: the
+same on uvloop). PyTriton (Triton's C++ server and dynamic batcher, ``pytriton_server.py``)
+serves the tensor model over KServe v2 gRPC. ``grpcio-floor`` answers every call with the
+expected reply's bytes and does nothing else (``bare_receive_server.py --reply``, on uvloop):
+the most any grpcio server on BlazeRPC's loop can reach here.
 
 Scenarios, each an alternation of its own (servers take turns every few seconds):
 
@@ -119,16 +121,19 @@ METRICS = [
 ]
 
 
-def blazerpc_server(name: str, loop: str, inline: bool = True) -> ServerSpec:
+def blazerpc_server(name: str, loop: str = "", inline: bool = True) -> ServerSpec:
+    """`blaze serve` as installed (uvloop), or on `loop` when given."""
     blaze = Path(sys.executable).with_name("blaze")
     how = "" if inline else ", `BENCH_INLINE_US=0`: every `def` call in the thread pool"
+    flags = ("--loop", loop) if loop else ()
     return ServerSpec(
         name=name,
-        description=f"BlazeRPC (this repo): `blaze serve {APP} --loop {loop}`{how}",
+        description=f"BlazeRPC (this repo): `blaze serve {APP}{' '.join(('', *flags))}`{how}"
+        + ("" if loop else " (uvloop, as the default install has it)"),
         command=lambda port: [
             str(blaze),
             *("serve", APP, "--host", harness.HOST, "--port", str(port)),
-            *("--app-dir", str(harness.ROOT), "--loop", loop),
+            *("--app-dir", str(harness.ROOT), *flags),
         ],
         env={} if inline else {"BENCH_INLINE_US": "0"},
     )
@@ -137,13 +142,13 @@ def blazerpc_server(name: str, loop: str, inline: bool = True) -> ServerSpec:
 def floor_server(replies: dict[str, Path]) -> ServerSpec:
     return ServerSpec(
         name="grpcio-floor",
-        description="grpcio's own floor: a grpcio asyncio server answering every call with the "
-        "expected reply's bytes, read once at start-up: no decoding, no model, no encoding "
-        "(benchmarks/bare_receive_server.py --reply)",
+        description="grpcio's own floor: a grpcio asyncio server on uvloop answering every call "
+        "with the expected reply's bytes, read once at start-up: no decoding, no model, no "
+        "encoding (benchmarks/bare_receive_server.py --reply --loop uvloop)",
         command=lambda port: [
             sys.executable,
             str(harness.BENCH_DIR / "bare_receive_server.py"),
-            *("--host", harness.HOST, "--port", str(port)),
+            *("--host", harness.HOST, "--port", str(port), "--loop", "uvloop"),
             *(f"--reply={method}={path}" for method, path in replies.items()),
         ],
     )
@@ -182,9 +187,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--servers",
-        default="blazerpc,blazerpc-threads,grpcio,grpcio-floor,pytriton",
-        help="any of blazerpc, blazerpc-uvloop, blazerpc-threads, grpcio, grpcio-floor, pytriton; "
-        "the order is the round order",
+        default="blazerpc,blazerpc-asyncio,blazerpc-threads,grpcio,grpcio-uvloop,grpcio-floor,pytriton",
+        help="any of blazerpc, blazerpc-asyncio, blazerpc-threads, grpcio, grpcio-uvloop, "
+        "grpcio-floor, pytriton; the order is the round order",
     )
     parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md alone")
     args = parser.parse_args()
@@ -192,14 +197,21 @@ def main() -> None:
     pb2, _ = harness.load_stubs(PROTO)
     gen_dir = harness.GEN_DIR
     factories = {
-        "blazerpc": lambda: blazerpc_server("blazerpc", "asyncio"),
-        "blazerpc-uvloop": lambda: blazerpc_server("blazerpc-uvloop", "uvloop"),
-        "blazerpc-threads": lambda: blazerpc_server("blazerpc-threads", "asyncio", inline=False),
+        "blazerpc": lambda: blazerpc_server("blazerpc"),
+        "blazerpc-asyncio": lambda: blazerpc_server("blazerpc-asyncio", "asyncio"),
+        "blazerpc-threads": lambda: blazerpc_server("blazerpc-threads", inline=False),
         "grpcio": lambda: harness.handwritten_server(
             "handwritten_percall.py",
-            ", models called in its `async def` methods, asyncio loop",
+            ", models called in its `async def` methods, asyncio loop (a plain grpcio install's)",
             gen_dir,
             ("--loop", "asyncio"),
+        ),
+        "grpcio-uvloop": lambda: harness.handwritten_server(
+            "handwritten_percall.py",
+            ", models called in its `async def` methods, on uvloop",
+            gen_dir,
+            ("--loop", "uvloop"),
+            name="grpcio-uvloop",
         ),
         "grpcio-floor": lambda: floor_server(replies),
         "pytriton": pytriton_server,

@@ -83,6 +83,7 @@ def handwritten_server(
     how: str = "",
     gen_dir: Path | None = None,
     args: Sequence[str] = (),
+    name: str = "grpcio",
 ) -> ServerSpec:
     """A hand-written grpcio asyncio servicer of the same contract (`script`, on the stubs in
     `gen_dir`, bench.proto's by default); `how` says what sets it apart, `args` are flags of
@@ -90,7 +91,7 @@ def handwritten_server(
     gen_dir = gen_dir or compile_proto()
     path = BENCH_DIR / script
     return ServerSpec(
-        name="grpcio",
+        name=name,
         description=f"hand-written grpcio asyncio servicer{how} (benchmarks/{script})",
         command=lambda port: [
             sys.executable,

@@ -1,10 +1,10 @@
 """Where the server's time goes per call: cProfile around a BlazeRPC server under h2load.
 
-The server runs in this process (`app.start`, asyncio loop) with cProfile on for the timed
-calls only; h2load, in its own process, sends ``--requests`` calls to one model of
-``benchmarks/percall_apps.py``. The table lists the functions with the most time of their
-own, per call. grpcio's Cython core does not show by name: its time lands on the Python
-frame that entered it (the event loop's ``_run_once`` and the handle it runs).
+The server runs in this process (`app.start`, on uvloop as `blaze serve` runs it) with cProfile
+on for the timed calls only; h2load, in its own process, sends ``--requests`` calls to one
+model of ``benchmarks/percall_apps.py``. The table lists the functions with the most time of
+their own, per call. Neither grpcio's Cython core nor uvloop's C loop shows by name: their
+time lands on the Python function or built-in that the loop ran or that entered them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 
 import harness
 import numpy as np
+import uvloop
 from percall_apps import app
 
 MODELS = {
@@ -64,7 +65,7 @@ def profile(model: str, requests: int, streams: int, top: int) -> str:
         finally:
             await server.stop(grace=1)
 
-    elapsed, mode = asyncio.run(main())
+    elapsed, mode = uvloop.run(main())
     stats = pstats.Stats(profiler, stream=io.StringIO())
     total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]

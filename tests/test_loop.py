@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import importlib.util
 import signal
 
 import pytest
+import uvloop
 
 from blazerpc.cli import Loop, resolve_loop, run
 from blazerpc.exceptions import ConfigurationError
@@ -30,10 +32,18 @@ def test_asyncio_is_used_when_asked_even_with_uvloop_installed() -> None:
     assert type(loop).__module__.startswith("asyncio"), type(loop)
 
 
-def test_auto_and_uvloop_run_on_uvloop_when_installed() -> None:
-    uvloop = pytest.importorskip("uvloop")  # installed by the dev extras ([fast])
+def test_auto_and_uvloop_run_on_uvloop_which_the_default_install_has() -> None:
     assert isinstance(loop_of(Loop.auto), uvloop.Loop)
     assert isinstance(loop_of(Loop.uvloop), uvloop.Loop)
+
+
+def test_the_default_install_requires_uvloop_where_it_builds() -> None:
+    """uvloop comes with `pip install blazerpc` (no extra), except on Windows and PyPy."""
+    (requirement,) = [
+        r for r in importlib.metadata.requires("blazerpc") or [] if r.startswith("uvloop")
+    ]
+    assert "extra ==" not in requirement, requirement
+    assert 'sys_platform != "win32"' in requirement, requirement
 
 
 def test_without_uvloop_auto_falls_back_and_uvloop_is_a_clear_error(
@@ -47,13 +57,12 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_a_clear_error(
     )
     assert resolve_loop(Loop.auto) is Loop.asyncio
     assert type(loop_of(Loop.auto)).__module__.startswith("asyncio")
-    with pytest.raises(ConfigurationError, match=r"--loop uvloop needs uvloop.*blazerpc\[fast\]"):
+    with pytest.raises(ConfigurationError, match=r"--loop uvloop needs uvloop, which is not"):
         resolve_loop(Loop.uvloop)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_blaze_serve_runs_on_the_loop_it_was_given_and_says_so(loop: str) -> None:
-    pytest.importorskip("uvloop")
     port = free_port()
     with blaze_serve("--port", str(port), "--loop", loop) as proc:
         wait_serving(port, proc)

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blazerpc import BlazeApp, TensorInput, TensorOutput
@@ -111,8 +112,7 @@ async def test_port_zero_binds_a_free_port_and_two_servers_coexist() -> None:
         assert a.port != b.port
 
 
-def test_cli_runner_uses_uvloop_when_installed() -> None:
-    uvloop = pytest.importorskip("uvloop")
+def test_cli_runner_uses_uvloop_by_default() -> None:
     seen: list[object] = []
 
     async def main() -> None:

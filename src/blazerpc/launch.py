@@ -48,7 +48,8 @@ def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
 
 
 class Loop(str, Enum):
-    """The event loop to serve on; `auto` is uvloop when installed, else asyncio's own."""
+    """The event loop to serve on; `auto` is uvloop (a dependency wherever it builds: not on
+    Windows), else asyncio's own."""
 
     auto = "auto"
     asyncio = "asyncio"
@@ -61,7 +62,10 @@ def resolve_loop(loop: Loop) -> Loop:
         return loop
     if importlib.util.find_spec("uvloop") is None:
         if loop is Loop.uvloop:
-            raise ConfigurationError("--loop uvloop needs uvloop: pip install 'blazerpc[fast]'")
+            raise ConfigurationError(
+                "--loop uvloop needs uvloop, which is not installed (it does not build on "
+                "Windows or PyPy): pip install uvloop, or --loop asyncio"
+            )
         return Loop.asyncio
     return Loop.uvloop
 
