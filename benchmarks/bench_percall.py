@@ -107,6 +107,8 @@ SCENARIOS = [
 TARGETS = [
     Target("blazerpc", "grpcio", "echo_64_rps", 0.85),
     Target("blazerpc", "grpcio", "tensor_1_rps", 0.8),
+    # p99 at one client within 1.25x the hand-written servicer's: its p99 at least 0.8x ours.
+    Target("grpcio", "blazerpc", "tensor_1_p99_ms", 0.8),
     Target("blazerpc", "grpcio", "tensor_64_rps", 0.95),
     Target("blazerpc", "pytriton", "tensor_64_rps", 1.3),
     Target("blazerpc", "grpcio", "image_16_rps", 0.9),

@@ -68,8 +68,12 @@ def servers_chart(record: dict) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[1].set_xticks([x + width * (len(servers) - 1) / 2 for x in range(len(scenarios))])
     axes[1].set_xticklabels(scenarios or [record["section"]])
-    axes[0].legend(ncol=len(servers), loc="upper center", bbox_to_anchor=(0.5, 1.22))
-    fig.suptitle(f"{record['section']}: medians of the rounds ({record['run']})", y=1.04)
+    ncol = min(len(servers), 4)  # more servers than fit a row wrap onto the next
+    rows = -(-len(servers) // ncol)
+    axes[0].legend(ncol=ncol, loc="lower center", bbox_to_anchor=(0.5, 1.02))
+    fig.suptitle(
+        f"{record['section']}: medians of the rounds ({record['run']})", y=0.98 + 0.05 * rows
+    )
     _save(fig, record["section"])
 
 
