@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Mapping
+
 import pytest
+import uvloop
 from hypothesis import HealthCheck, settings
 
 from blazerpc import BlazeApp
@@ -17,6 +21,16 @@ settings.load_profile("ci")
 @pytest.fixture
 def app() -> BlazeApp:
     return BlazeApp()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on asyncio's own loop; those marked `both_loops` on uvloop, which
+    `blaze serve` runs on, as well."""
+    if item.get_closest_marker("both_loops") is None:
+        return {"asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

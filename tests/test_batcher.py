@@ -514,6 +514,7 @@ async def inline_doubler(settings: BatchSettings) -> AsyncIterator[tuple[Batcher
         executor.shutdown()
 
 
+@pytest.mark.both_loops
 async def test_an_inline_model_probes_now_and_then_so_calls_that_arrive_together_batch() -> None:
     """Each call of a model running inline ends before the loop reads the next, so it always
     finds the model idle and would run alone however many callers there are: one idle
@@ -538,6 +539,7 @@ def busy_for(seconds: float) -> None:
         pass
 
 
+@pytest.mark.both_loops
 async def test_an_inline_batch_gathers_while_the_loop_is_busy_with_arrivals() -> None:
     """Under load, callers come in one or two per turn of the loop, and every turn is busy
     reading calls. An inline batch keeps gathering while that lasts, so batches grow to the
@@ -556,6 +558,7 @@ async def test_an_inline_batch_gathers_while_the_loop_is_busy_with_arrivals() ->
     assert max(sizes) >= 15, sizes  # up to 11 if it ran at the first turn without an arrival
 
 
+@pytest.mark.both_loops
 async def test_an_inline_batch_runs_after_a_few_busy_turns_without_arrivals() -> None:
     """A busy loop that brings this model nothing holds its batch for GATHER_TURNS turns."""
     async with inline_doubler(BatchSettings()) as (batcher, calls):

@@ -34,6 +34,9 @@ from blazerpc.runtime.executor import (
 
 from .support import running
 
+# Every guarantee holds on uvloop, which `blaze serve` runs on, and on asyncio's own loop.
+pytestmark = pytest.mark.both_loops
+
 SLOW_S = 0.2
 MAX_DELAY_S = 0.05
 

@@ -37,6 +37,12 @@ def test_auto_and_uvloop_run_on_uvloop_which_the_default_install_has() -> None:
     assert isinstance(loop_of(Loop.uvloop), uvloop.Loop)
 
 
+@pytest.mark.both_loops
+async def test_a_both_loops_test_runs_once_on_each_loop(request: pytest.FixtureRequest) -> None:
+    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    assert request.node.name.endswith("[uvloop]" if on_uvloop else "[asyncio]")
+
+
 def test_the_default_install_requires_uvloop_where_it_builds() -> None:
     """uvloop comes with `pip install blazerpc` (no extra), except on Windows and PyPy."""
     (requirement,) = [

@@ -644,6 +644,7 @@ async def test_sync_generator_is_closed_promptly_after_the_client_leaves() -> No
         assert probe.produced == produced
 
 
+@pytest.mark.both_loops
 async def test_sleeping_sync_generators_do_not_delay_other_requests() -> None:
     app = BlazeApp()
     release = threading.Event()
