@@ -128,10 +128,11 @@ def blazerpc_server(name: str, loop: str = "", inline: bool = True) -> ServerSpe
     blaze = Path(sys.executable).with_name("blaze")
     how = "" if inline else ", `BENCH_INLINE_US=0`: every `def` call in the thread pool"
     flags = ("--loop", loop) if loop else ()
+    serve = f"`blaze serve {APP} --loop {loop}`" if loop else f"`blaze serve {APP}`"
+    on = "" if loop else " (uvloop, as the default install has it)"
     return ServerSpec(
         name=name,
-        description=f"BlazeRPC (this repo): `blaze serve {APP}{' '.join(('', *flags))}`{how}"
-        + ("" if loop else " (uvloop, as the default install has it)"),
+        description=f"BlazeRPC (this repo): {serve}{how}{on}",
         command=lambda port: [
             str(blaze),
             *("serve", APP, "--host", harness.HOST, "--port", str(port)),

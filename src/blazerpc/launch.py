@@ -49,7 +49,7 @@ def load_app(target: str, app_dir: Path = Path(".")) -> BlazeApp:
 
 class Loop(str, Enum):
     """The event loop to serve on; `auto` is uvloop (a dependency wherever it builds: not on
-    Windows), else asyncio's own."""
+    Windows or PyPy), else asyncio's own."""
 
     auto = "auto"
     asyncio = "asyncio"
